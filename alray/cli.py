@@ -1,0 +1,232 @@
+"""The ``alray`` command. Thin: parse options, build a config, call one library function.
+
+Jobs in ``jobs/`` call these same commands, so a job and its CLI share one option set.
+Every ``AlrayError`` becomes one line per problem on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from alray.config import GeneratorConfig, PoolConfig
+from alray.errors import AlrayError, ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(problems: list[str]) -> None:
+    for line in problems:
+        click.echo(f"alray: error: {line}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def friendly_errors(fn):
+    """Turn AlrayError into clean lines and exit 2; a bug still says what it was."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AlrayError as exc:
+            _fail(exc.problems)
+        except KeyboardInterrupt:
+            click.echo("alray: interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def pool_options(fn):
+    """Column-name options shared by every command that reads a pool."""
+    fn = click.option("--id-column", default="id", show_default=True)(fn)
+    fn = click.option("--label-column", default="label", show_default=True)(fn)
+    fn = click.option("--embedding-column", "embedding_columns", multiple=True,
+                      metavar="MODALITY=COLUMN",
+                      help="Modality and its column; repeat per modality "
+                           "[default: image=image_emb, text=text_emb].")(fn)
+    return fn
+
+
+def pool_config(id_column: str, label_column: str, embedding_columns: tuple[str, ...]
+                ) -> PoolConfig:
+    columns = {}
+    for item in embedding_columns:
+        name, sep, column = item.partition("=")
+        if not sep or not name or not column:
+            raise ConfigError(f"--embedding-column {item!r}: expected MODALITY=COLUMN")
+        columns[name] = column
+    kwargs = {"id_column": id_column, "label_column": label_column}
+    if columns:
+        kwargs["embedding_columns"] = columns
+    return PoolConfig(**kwargs)
+
+
+class Progress:
+    """A tqdm bar on stderr; silent when stderr is not a terminal and quiet is asked."""
+
+    def __init__(self, total: int, desc: str, unit: str = "it"):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "row",
+                        file=sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5)
+        self.done = 0
+
+    def to(self, done: int, postfix: str | None = None) -> None:
+        self.bar.update(done - self.done)
+        self.done = done
+        if postfix:
+            self.bar.set_postfix_str(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="alray")
+def main() -> None:
+    """alray: active learning on Ray - which posts should assessors label next."""
+
+
+@main.command()
+@click.argument("pool")
+@click.option("--classes", type=int, default=None, help="Number of classes: labels must be in [0, N).")
+@click.option("--dim", "dims", multiple=True, metavar="MODALITY=DIM",
+              help="Expected embedding dimension; repeat per modality (default: inferred).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--max-examples", type=int, default=20, show_default=True,
+              help="Problems listed per kind (all are counted).")
+@pool_options
+@friendly_errors
+def validate(pool, classes, dims, as_json, max_examples, id_column, label_column,
+             embedding_columns):
+    """Check that POOL (a Parquet file or directory of shards) follows the pool contract."""
+    config = pool_config(id_column, label_column, embedding_columns)
+    expected = _parse_dims(dims)
+    if classes is not None and classes < 1:
+        raise ConfigError(f"--classes must be >= 1, got {classes}")
+    report = _run_validation(pool, config, classes, expected, max_examples)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        _print_report(report)
+    sys.exit(0 if report.ok else EXIT_BAD_INPUT)
+
+
+def _run_validation(pool, config, classes, dims, max_examples=20):
+    from alray.pool.validate import validate_pool
+    bar = Progress(total=0, desc="validate", unit="shard")
+    report = validate_pool(pool, config, n_classes=classes, dims=dims or None,
+                           max_examples=max_examples,
+                           progress=lambda i, n, rows: (setattr(bar.bar, "total", n),
+                                                        bar.to(i, f"{rows:,} rows")))
+    bar.close()
+    return report
+
+
+def _parse_dims(items) -> dict[str, int]:
+    dims = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            dims[name] = int(value)
+        except ValueError:
+            raise ConfigError(f"--dim {item!r}: expected MODALITY=INTEGER") from None
+    return dims
+
+
+def _print_report(report) -> None:
+    s = report.summary
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"alray: error: {problem}", err=True)
+        for kind, count in sorted(report.counts.items()):
+            click.echo(f"alray: error: {count:,} problem(s) of kind '{kind}'", err=True)
+        click.echo(f"{report.uri}: INVALID ({sum(report.counts.values()):,} problems)")
+        return
+    click.echo(f"{report.uri}: valid")
+    click.echo(f"  rows       {s.rows:,} in {s.shards} shard(s), {s.bytes / 2**20:,.1f} MiB")
+    click.echo(f"  labelled   {s.labelled:,} ({s.labelled / max(s.rows, 1):.1%})")
+    click.echo(f"  ids        {s.id_type}")
+    for modality, share in s.coverage().items():
+        click.echo(f"  {modality:<10} dim {s.dims.get(modality, '?')}, present in {share:.1%}")
+    if s.classes:
+        counts = [s.classes[c] for c in sorted(s.classes)]
+        click.echo(f"  classes    {len(counts)} seen; largest {max(counts):,}, "
+                   f"smallest {min(counts):,} (ratio {max(counts) / max(min(counts), 1):.1f})")
+        click.echo("  histogram  " + _histogram(s.classes))
+
+
+def _histogram(classes) -> str:
+    """A one-line sparkline of class sizes, largest first (the long tail at a glance)."""
+    blocks = " ▁▂▃▄▅▆▇█"
+    counts = sorted(classes.values(), reverse=True)
+    top = max(counts)
+    return "".join(blocks[max(1, round(8 * c / top))] for c in counts)
+
+
+@main.command()
+@click.argument("out")
+@click.option("--rows", type=int, default=GeneratorConfig.rows, show_default=True)
+@click.option("--val-rows", type=int, default=GeneratorConfig.val_rows, show_default=True)
+@click.option("--classes", type=int, default=GeneratorConfig.classes, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--set", "knobs", multiple=True, metavar="KNOB=VALUE",
+              help="Any other generator knob (see docs/formats.md), e.g. --set label_noise=0.2")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@friendly_errors
+def generate(out, rows, val_rows, classes, seed, knobs, overwrite):
+    """Generate a study-like synthetic pool into OUT/pool and OUT/val."""
+    from alray.pool import io
+    options = {"rows": rows, "val_rows": val_rows, "classes": classes, "seed": seed,
+               **_parse_knobs(knobs)}
+    cfg = GeneratorConfig.from_dict(options)
+    loc = io.locate(out)
+    if loc.fs.get_file_info(loc.path).type != io.pafs.FileType.NotFound and not overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    _run_generation(out, cfg)
+
+
+def _run_generation(out, cfg):
+    from alray.pool.synthetic import generate_pool
+    bar = Progress(total=cfg.rows + cfg.val_rows, desc="generate", unit="row")
+    result = generate_pool(out, cfg, progress=lambda done, total: bar.to(done))
+    bar.close()
+    click.echo(f"wrote {result['pool']} ({cfg.rows:,} rows) and {result['val']} "
+               f"({cfg.val_rows:,} rows)")
+    return result
+
+
+def _parse_knobs(items) -> dict:
+    import yaml
+    knobs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KNOB=VALUE")
+        knobs[name] = yaml.safe_load(value)
+    return knobs
+
+
+@main.command()
+@click.option("--out", default="data/demo", show_default=True, help="Folder for the demo's files.")
+@click.option("--rows", type=int, default=250_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def demo(out, rows, seed):
+    """The main job end to end on the embedded default: generate a pool, validate it."""
+    import time
+    started = time.perf_counter()
+    cfg = GeneratorConfig(rows=rows, seed=seed)
+    click.echo(f"== 1. generate a study-like pool of {rows:,} posts")
+    result = _run_generation(out, cfg)
+    click.echo("== 2. validate it")
+    report = _run_validation(result["pool"], PoolConfig(), cfg.classes, None)
+    _print_report(report)
+    if not report.ok:
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

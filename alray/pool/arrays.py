@@ -1,0 +1,143 @@
+"""Pool rows as dense arrays: the bridge from Arrow batches to the model.
+
+A ``PostArrays`` holds, for n posts, the ids, one ``(n, dim)`` float32 matrix per
+modality (zeros where the modality is missing), one ``(n,)`` bool "present" mask per
+modality, and the labels (``-1`` = not labelled). Conversion from Arrow reads the list
+column's child buffer without a per-row Python loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from alray.config import PoolConfig
+from alray.errors import PoolSchemaError
+
+UNLABELLED = -1
+
+
+@dataclass
+class PostArrays:
+    ids: np.ndarray                      # (n,) int64 or object (str)
+    features: dict[str, np.ndarray]      # modality -> (n, dim) float32, zeros where missing
+    present: dict[str, np.ndarray]       # modality -> (n,) bool
+    labels: np.ndarray                   # (n,) int64, UNLABELLED where null
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: np.ndarray) -> "PostArrays":
+        """Rows at ``index`` (integer positions or a boolean mask)."""
+        return PostArrays(
+            ids=self.ids[index],
+            features={m: f[index] for m, f in self.features.items()},
+            present={m: p[index] for m, p in self.present.items()},
+            labels=self.labels[index])
+
+    @staticmethod
+    def concat(parts: list["PostArrays"]) -> "PostArrays":
+        if not parts:
+            raise ValueError("concat needs at least one PostArrays")
+        mods = list(parts[0].features)
+        return PostArrays(
+            ids=np.concatenate([p.ids for p in parts]),
+            features={m: np.concatenate([p.features[m] for p in parts]) for m in mods},
+            present={m: np.concatenate([p.present[m] for p in parts]) for m in mods},
+            labels=np.concatenate([p.labels for p in parts]))
+
+
+def embedding_matrix(column: pa.Array | pa.ChunkedArray, dim: int, name: str = "embedding"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, dim)`` float32 matrix and ``(n,)`` present mask of a list embedding column.
+
+    Null rows become zeros. Raises PoolSchemaError when a non-null row's length is not
+    ``dim``. Handles list, large_list and fixed_size_list of float32/float64, and
+    sliced arrays (Ray Data batches are slices).
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    n = len(column)
+    present = np.ones(n, dtype=bool) if column.null_count == 0 else \
+        np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_fixed_size_list(column.type):
+        if column.type.list_size != dim:
+            raise PoolSchemaError(
+                f"column {name}: fixed-size list of {column.type.list_size}, expected {dim}")
+        values = column.values  # child covering the slice's rows, offset applied
+        start = column.offset * dim
+        flat = values.slice(start, n * dim) if len(values) != n * dim else values
+        out = _float32(flat).reshape(n, dim)
+    else:
+        out = _variable_lists(column, dim, present, name)
+    if not present.all():
+        out = out.copy() if not out.flags.writeable else out
+        out[~present] = 0.0
+    return out, present
+
+
+def _variable_lists(column: pa.Array, dim: int, present: np.ndarray, name: str) -> np.ndarray:
+    n = len(column)
+    offsets = column.offsets.to_numpy()  # n + 1 offsets into the full child array
+    lengths = np.diff(offsets)
+    bad = present & (lengths != dim)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise PoolSchemaError(
+            f"column {name}: row {row} of the batch has {int(lengths[row])} values, "
+            f"expected {dim}")
+    # convert only this slice's values, not the whole block's child array
+    first, last = int(offsets[0]), int(offsets[-1])
+    values = _float32(column.values.slice(first, last - first))
+    offsets = offsets - first
+    if len(values) == n * dim:  # no null row takes space: one reshape, no gather
+        return values.reshape(n, dim)
+    out = np.zeros((n, dim), dtype=np.float32)
+    rows = np.flatnonzero(present)
+    if len(rows):
+        out[rows] = values[offsets[rows][:, None] + np.arange(dim)[None, :]]
+    return out
+
+
+def _float32(values: pa.Array) -> np.ndarray:
+    if values.null_count:
+        # a null inside an embedding is a NaN-like gap; keep it visible as NaN
+        values = values.fill_null(float("nan"))
+    arr = values.to_numpy(zero_copy_only=False)
+    return arr.astype(np.float32, copy=False)
+
+
+def labels_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """``(n,)`` int64 labels with UNLABELLED for nulls."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.null_count:
+        column = column.fill_null(UNLABELLED)
+    return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def arrays_from_table(table: pa.Table | pa.RecordBatch, pool: PoolConfig,
+                      dims: Mapping[str, int]) -> PostArrays:
+    """Convert a pool table (or Ray Data pyarrow batch) to ``PostArrays``.
+
+    ``dims`` maps each modality to its embedding dimension. The label column is
+    optional (all UNLABELLED when absent).
+    """
+    names = table.schema.names
+    features, present = {}, {}
+    for modality, column in pool.embedding_columns.items():
+        if column not in names:
+            raise PoolSchemaError(f"missing embedding column {column!r} "
+                                  f"(modality {modality}); columns are {names}")
+        features[modality], present[modality] = embedding_matrix(
+            table.column(column), dims[modality], column)
+    ids = table.column(pool.id_column)
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    id_values = ids.to_numpy(zero_copy_only=False)
+    if pool.label_column in names:
+        labels = labels_array(table.column(pool.label_column))
+    else:
+        labels = np.full(len(id_values), UNLABELLED, dtype=np.int64)
+    return PostArrays(ids=id_values, features=features, present=present, labels=labels)

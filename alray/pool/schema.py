@@ -1,0 +1,134 @@
+"""The pool contract (docs/formats.md): column types, dimensions, and streamed validation.
+
+``validate_pool`` reads a pool shard by shard, record batch by record batch, so memory
+stays bounded by one batch plus the ids seen so far (8 bytes a row), and reports every
+problem with its file, row and column.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from alray.config import PoolConfig
+from alray.errors import EmptyPoolError, PoolSchemaError
+from alray.pool import io
+from alray.pool.ids import IdRegistry
+
+# the query table (ARCHITECTURE.md): one row per post sent to assessors
+QUERY_COLUMNS = ("id", "score", "rank", "predicted_class", "predicted_prob", "step", "strategy")
+
+PROBLEM_KINDS = ("missing column", "wrong type", "wrong dimension", "non-finite value",
+                 "no embedding", "duplicate id", "null id", "label out of range",
+                 "non-integer label", "unreadable file", "not parquet", "empty pool")
+
+
+@dataclass
+class Problem:
+    kind: str
+    file: str
+    message: str
+    row: int | None = None
+    id: object = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.row is not None:
+            where += f": row {self.row}"
+        if self.id is not None:
+            where += f" (id {self.id})"
+        if self.column:
+            where += f": column {self.column}"
+        return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "file": self.file, "row": self.row,
+                "id": None if self.id is None else _plain_id(self.id),
+                "column": self.column, "message": self.message}
+
+
+def _plain_id(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass
+class PoolSummary:
+    rows: int = 0
+    labelled: int = 0
+    shards: int = 0
+    bytes: int = 0
+    dims: dict[str, int] = field(default_factory=dict)
+    present: dict[str, int] = field(default_factory=dict)
+    classes: Counter = field(default_factory=Counter)
+    id_type: str = ""
+
+    def coverage(self) -> dict[str, float]:
+        return {m: (n / self.rows if self.rows else 0.0) for m, n in self.present.items()}
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "labelled": self.labelled, "shards": self.shards,
+                "bytes": self.bytes, "dims": dict(self.dims), "coverage": self.coverage(),
+                "id_type": self.id_type,
+                "class_histogram": {int(k): int(v) for k, v in sorted(self.classes.items())}}
+
+
+@dataclass
+class ValidationReport:
+    uri: str
+    summary: PoolSummary
+    problems: list[Problem]
+    counts: Counter  # problems per kind, including those beyond the listed examples
+
+    @property
+    def ok(self) -> bool:
+        return sum(self.counts.values()) == 0
+
+    def to_dict(self) -> dict:
+        return {"pool": self.uri, "valid": self.ok, "summary": self.summary.to_dict(),
+                "problem_counts": dict(self.counts),
+                "problems": [p.to_dict() for p in self.problems]}
+
+
+def is_embedding_type(t: pa.DataType) -> bool:
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        return False
+    return pa.types.is_float32(t.value_type) or pa.types.is_float64(t.value_type)
+
+
+def is_id_type(t: pa.DataType) -> bool:
+    return pa.types.is_int64(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def is_label_type(t: pa.DataType) -> bool:
+    # pandas writes nullable integer columns as float64 with NaN: accept integral floats
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def infer_dims(uri: str, pool: PoolConfig) -> dict[str, int]:
+    """Embedding dimension of each modality: the fixed-size type, else the first non-null row."""
+    dims: dict[str, int] = {}
+    for shard in io.pool_shards(uri):
+        schema = io.open_parquet(shard).schema_arrow
+        for modality, column in pool.embedding_columns.items():
+            if modality in dims or column not in schema.names:
+                continue
+            t = schema.field(column).type
+            if pa.types.is_fixed_size_list(t):
+                dims[modality] = t.list_size
+        missing = [c for m, c in pool.embedding_columns.items() if m not in dims]
+        if not missing:
+            return dims
+        for batch in io.iter_batches(shard, columns=[c for c in missing
+                                                     if c in schema.names]):
+            for modality, column in pool.embedding_columns.items():
+                if modality not in dims and column in batch.schema.names:
+                    lengths = batch.column(column).value_lengths().drop_null()
+                    if len(lengths):
+                        dims[modality] = int(lengths[0].as_py())
+            if len(dims) == len(pool.embedding_columns):
+                return dims
+    return dims

@@ -1,0 +1,120 @@
+"""A generator of study-like pools: 50 long-tailed topics, two modalities, missing
+modalities, sub-topics, overlapping classes and assessor label noise.
+
+Each post has a latent topic vector: its class centre, plus a sub-topic offset, plus
+noise. Each modality sees the latent through its own noisy view and a fixed random
+non-linear map into its embedding space, so the two modalities complement each other
+and neither alone is enough. The world (centres, maps) comes from the seed; each shard
+draws its rows from its own seeded stream, so the same options give the same pool.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from alray.config import GeneratorConfig, PoolConfig
+from alray.pool import io
+
+POOL_STREAM, VAL_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class World:
+    priors: np.ndarray      # (classes,) class probabilities, long-tailed
+    centres: np.ndarray     # (classes, latent)
+    subtopics: np.ndarray   # (classes, subtopics, latent)
+    neighbour: np.ndarray   # (classes,) the most confusable other class
+    maps: dict              # modality -> (latent, dim) projection
+
+
+def make_world(cfg: GeneratorConfig) -> World:
+    rng = np.random.default_rng([cfg.seed, 2**31 - 1])
+    ranks = np.arange(1, cfg.classes + 1, dtype=np.float64)
+    priors = ranks ** -cfg.imbalance
+    priors = priors[rng.permutation(cfg.classes)] / priors.sum()
+    centres = rng.standard_normal((cfg.classes, cfg.latent_dim)) * cfg.class_separation
+    n_overlap = int(round(cfg.overlap * cfg.classes))
+    movers = rng.choice(cfg.classes, size=n_overlap, replace=False)
+    for c in movers:  # place next to a random other class: a pair assessors confuse
+        partner = rng.choice(np.delete(np.arange(cfg.classes), c))
+        centres[c] = centres[partner] + 0.35 * (centres[c] - centres[partner])
+    subtopics = rng.standard_normal((cfg.classes, cfg.subtopics, cfg.latent_dim)) \
+        * cfg.subtopic_spread
+    dist = ((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    maps = {m: rng.standard_normal((cfg.latent_dim, d)) / np.sqrt(cfg.latent_dim)
+            for m, d in (("image", cfg.image_dim), ("text", cfg.text_dim))}
+    return World(priors, centres, subtopics, dist.argmin(1), maps)
+
+
+def generate_rows(cfg: GeneratorConfig, world: World, stream: int, chunk: int, n: int,
+                  first_id: int) -> pa.Table:
+    """``n`` posts of one shard, drawn from the seeded stream (seed, stream, chunk)."""
+    rng = np.random.default_rng([cfg.seed, stream, chunk])
+    classes = rng.choice(cfg.classes, size=n, p=world.priors)
+    sub = rng.integers(0, cfg.subtopics, size=n)
+    latent = world.centres[classes] + world.subtopics[classes, sub] \
+        + rng.standard_normal((n, cfg.latent_dim))
+    missing_image = rng.random(n) < cfg.missing_image
+    # conditional rate so that the marginal share of missing text is cfg.missing_text
+    p_text = cfg.missing_text / (1.0 - cfg.missing_image) if cfg.missing_image < 1 else 0.0
+    missing_text = ~missing_image & (rng.random(n) < p_text)
+    columns = {"id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64))}
+    for modality, noise, missing in (("image", cfg.image_noise, missing_image),
+                                     ("text", cfg.text_noise, missing_text)):
+        view = latent + noise * rng.standard_normal(latent.shape)
+        emb = np.tanh(view @ world.maps[modality]).astype(np.float32)
+        emb[missing] = 0.0
+        columns[f"{modality}_emb"] = _fixed_list(emb, missing)
+    columns["label"] = pa.array(_noisy_labels(cfg, world, rng, classes), type=pa.int64())
+    return pa.table(columns)
+
+
+def _noisy_labels(cfg, world, rng, classes):
+    flip = rng.random(len(classes)) < cfg.label_noise
+    # half of an assessor's mistakes are the confusable neighbour, half anything else
+    to_neighbour = rng.random(len(classes)) < 0.5
+    wrong = np.where(to_neighbour, world.neighbour[classes],
+                     rng.integers(0, cfg.classes, size=len(classes)))
+    return np.where(flip, wrong, classes).astype(np.int64)
+
+
+def _fixed_list(matrix: np.ndarray, missing: np.ndarray) -> pa.Array:
+    values = pa.array(matrix.reshape(-1))
+    mask = pa.array(missing) if missing.any() else None
+    return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=mask)
+
+
+def generate_pool(out: str, cfg: GeneratorConfig, progress=None) -> dict:
+    """Write ``out/pool`` and ``out/val`` (sharded Parquet) atomically; return a summary.
+
+    ``progress(rows_done, rows_total)`` is called after each shard.
+    """
+    world = make_world(cfg)
+    total, done = cfg.rows + cfg.val_rows, 0
+    with io.atomic_directory(out) as tmp:
+        for name, stream, rows, first_id in (("pool", POOL_STREAM, cfg.rows, 0),
+                                             ("val", VAL_STREAM, cfg.val_rows, cfg.rows)):
+            directory = tmp.child(name)
+            directory.fs.create_dir(directory.path, recursive=True)
+            for chunk, start in enumerate(range(0, rows, cfg.shard_rows)):
+                n = min(cfg.shard_rows, rows - start)
+                table = generate_rows(cfg, world, stream, chunk, n, first_id + start)
+                io.write_shard(table, directory, chunk)
+                done += n
+                if progress:
+                    progress(done, total)
+        _write_config(tmp, cfg)
+    return {"pool": f"{out}/pool", "val": f"{out}/val", "rows": cfg.rows,
+            "val_rows": cfg.val_rows, "priors": world.priors}
+
+
+def _write_config(directory: io.Location, cfg: GeneratorConfig) -> None:
+    with directory.fs.open_output_stream(f"{directory.path}/generator.yaml") as f:
+        f.write(cfg.to_yaml().encode())
+
+
+def default_pool_config() -> PoolConfig:
+    return PoolConfig()

@@ -1,0 +1,62 @@
+"""Shared fixtures. Ray starts once per test session, only for tests that ask for it."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+# a stalled Ray Data pipeline fails the test instead of hanging it
+os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "120")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session: 2 CPUs, no dashboard, a private temp dir."""
+    import ray
+    temp = tempfile.mkdtemp(prefix="alray-ray-")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=512 * 2**20, _temp_dir=temp,
+             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def fixed_list(matrix: np.ndarray, missing: np.ndarray | None = None) -> pa.Array:
+    values = pa.array(matrix.astype(np.float32).reshape(-1))
+    mask = pa.array(missing) if missing is not None and missing.any() else None
+    return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=mask)
+
+
+def make_pool_table(n: int = 100, image_dim: int = 8, text_dim: int = 4, classes: int = 5,
+                    seed: int = 0, first_id: int = 0, labelled: bool = True) -> pa.Table:
+    """A small valid pool: fixed-size float32 lists, int64 ids, some missing modalities."""
+    rng = np.random.default_rng(seed)
+    missing_image = rng.random(n) < 0.2
+    missing_text = ~missing_image & (rng.random(n) < 0.2)
+    labels = rng.integers(0, classes, n)
+    return pa.table({
+        "id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
+        "image_emb": fixed_list(rng.standard_normal((n, image_dim)), missing_image),
+        "text_emb": fixed_list(rng.standard_normal((n, text_dim)), missing_text),
+        "label": pa.array(labels if labelled else [None] * n, type=pa.int64()),
+    })
+
+
+def write_pool(directory, tables: list[pa.Table]) -> str:
+    os.makedirs(directory, exist_ok=True)
+    for i, table in enumerate(tables):
+        pq.write_table(table, os.path.join(directory, f"part-{i:05d}.parquet"))
+    return str(directory)
+
+
+@pytest.fixture
+def small_pool(tmp_path):
+    """A valid pool of three shards (300 rows)."""
+    tables = [make_pool_table(100, seed=i, first_id=100 * i) for i in range(3)]
+    return write_pool(tmp_path / "pool", tables)
