@@ -1,0 +1,17 @@
+"""Acquisition: model outputs -> scores (higher = acquire), and the strategy registry.
+
+numpy only: importing this package never imports torch, Ray or pandas.
+"""
+from alray.acquisition.functions import (
+    bald, check_probs, entropy, least_confident, margin, predicted_loss, random_scores,
+    reverse_true_loss, true_loss)
+from alray.acquisition.registry import (
+    NEED_INPUTS, ORACLE_NAMES, STRATEGIES, STRATEGY_NAMES, Strategy, check_names,
+    compute_scores, get_strategy, input_keys_of, needs_of)
+
+__all__ = [
+    "bald", "check_probs", "entropy", "least_confident", "margin", "predicted_loss",
+    "random_scores", "reverse_true_loss", "true_loss",
+    "NEED_INPUTS", "ORACLE_NAMES", "STRATEGIES", "STRATEGY_NAMES", "Strategy",
+    "check_names", "compute_scores", "get_strategy", "input_keys_of", "needs_of",
+]
