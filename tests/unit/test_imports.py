@@ -1,0 +1,30 @@
+"""The science imports without Ray; the public API resolves."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["alray", "alray.model", "alray.acquisition", "alray.pool",
+                                    "alray.pool.validate", "alray.train"])
+def test_no_ray_on_import(module):
+    code = f"import sys, {module}; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_public_api_resolves():
+    import alray
+    for name in alray.__all__:
+        assert getattr(alray, name) is not None
+    with pytest.raises(AttributeError):
+        alray.nothing_here  # noqa: B018
+
+
+def test_cli_bad_input_exits_2_without_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "alray.cli", "validate", str(tmp_path / "nope")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "no such file" in out.stderr
