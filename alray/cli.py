@@ -280,7 +280,7 @@ def _run_training(pool_uri, val_uri, config, out, classes, epochs, heads, seed, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @friendly_errors
 def demo(out, rows, seed):
-    """The main job end to end on the embedded default: generate a pool, validate it."""
+    """The main job end to end on the embedded default: generate, validate, train."""
     import time
     started = time.perf_counter()
     cfg = GeneratorConfig(rows=rows, seed=seed)
@@ -291,6 +291,11 @@ def demo(out, rows, seed):
     _print_report(report)
     if not report.ok:
         sys.exit(EXIT_BAD_INPUT)
+    initial = min(2000, rows)
+    click.echo(f"== 3. train the passive model on {initial:,} random labels (the study's "
+               "45 epochs)")
+    _run_training(result["pool"], result["val"], PoolConfig(), f"{out}/passive.ckpt",
+                  cfg.classes, 45, "multi", seed, initial)
     click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
 
 
