@@ -237,8 +237,8 @@ class GeneratorConfig(_Config):
     subtopic_spread: float = 1.0    # distance of sub-topics from their class centre
     class_separation: float = 1.6   # scale of the class centres against unit noise
     overlap: float = 0.3            # share of classes placed next to another class
-    image_noise: float = 1.0        # modality-specific noise in the latent view
-    text_noise: float = 1.0
+    image_noise: float = 3.4        # modality-specific noise in the latent view (calibrated)
+    text_noise: float = 3.4
     missing_image: float = 0.15     # share of posts without an image embedding
     missing_text: float = 0.10      # share of posts without a text embedding
     label_noise: float = 0.10       # share of labels an assessor gets wrong

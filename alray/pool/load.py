@@ -67,16 +67,20 @@ def _key(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def read_labels_file(path: str, id_column: str = "id", label_column: str = "label") -> dict:
-    """id -> label from a Parquet or CSV file (nulls = skipped posts, left out)."""
+def read_small_table(path: str) -> pa.Table:
+    """A small table (labels, exclusions) from Parquet, or CSV by its ``.csv`` suffix."""
     if str(path).lower().endswith(".csv"):
         import pyarrow.csv as pacsv
         try:
-            table = pacsv.read_csv(path)
+            return pacsv.read_csv(path)
         except (pa.ArrowException, OSError) as exc:
             raise LabelsError(f"{path}: cannot read CSV: {exc}") from None
-    else:
-        table = io.read_table(path)
+    return io.read_table(path)
+
+
+def read_labels_file(path: str, id_column: str = "id", label_column: str = "label") -> dict:
+    """id -> label from a Parquet or CSV file (nulls = skipped posts, left out)."""
+    table = read_small_table(path)
     for column in (id_column, label_column):
         if column not in table.column_names:
             raise LabelsError(f"{path}: missing column {column!r} (columns are "
@@ -84,3 +88,11 @@ def read_labels_file(path: str, id_column: str = "id", label_column: str = "labe
     ids = table.column(id_column).to_pylist()
     values = table.column(label_column).to_pylist()
     return {i: int(v) for i, v in zip(ids, values) if v is not None}
+
+
+def read_ids_file(path: str, id_column: str = "id") -> list:
+    """The non-null ids of a Parquet or CSV file (e.g. posts already labelled)."""
+    table = read_small_table(path)
+    if id_column not in table.column_names:
+        raise LabelsError(f"{path}: no {id_column!r} column (columns: {table.column_names})")
+    return table.column(id_column).drop_null().to_pylist()

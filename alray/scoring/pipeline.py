@@ -1,0 +1,253 @@
+"""Score a pool: validate, then run ``BatchScorer`` on Ray Data (or in-process) and merge.
+
+``score_pool`` returns one query table per strategy; ``write_query`` writes them all to
+one Parquet file atomically. The pool's label column is the ground truth (simulation);
+posts already labelled by the loop are passed as ``exclude_ids`` and never returned.
+The query does not depend on the batch size, the block size or the number of actors:
+per-batch top-k with a total order (score, then id) merged exactly on the driver, and
+MC dropout with fixed seeded masks.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from alray.acquisition import check_names, needs_of
+from alray.acquisition.registry import STRATEGIES
+from alray.config import PoolConfig, ScoreConfig
+from alray.errors import (
+    AlrayError, ConfigError, LabelsError, PoolExhaustedError, PoolSchemaError)
+from alray.pool import io
+from alray.pool.schema import QUERY_COLUMNS, infer_dims
+from alray.scoring.scorer import BatchScorer
+from alray.scoring.topk import TopK, sorted_ids
+
+# an exclude list bigger than this travels through the object store, not the closure
+PUT_THRESHOLD = 10_000
+
+Progress = Callable[[int, int], None]
+
+
+def score_pool(pool_uri: str, checkpoint: str, score: ScoreConfig,
+               pool: PoolConfig = PoolConfig(), exclude_ids: Iterable | None = None,
+               use_ray: bool = True, address: str | None = None,
+               progress: Progress | None = None) -> dict[str, pa.Table]:
+    """strategy -> query table (id, score, rank, predicted_class, predicted_prob, strategy),
+    best first, ``score.query_size`` rows each.
+
+    Raises ConfigError (unknown strategy or head, learning_loss without a loss module),
+    CheckpointError (model does not fit the pool), LabelsError (oracle strategy on a pool
+    without labels), PoolExhaustedError (fewer candidates than query_size) before any
+    scoring, and PoolSchemaError naming the file for a corrupt shard.
+    """
+    plan = _prepare(pool_uri, checkpoint, score, pool, exclude_ids)
+    if use_ray:
+        tops = _score_ray(plan, address, progress)
+    else:
+        tops = _score_local(plan, progress)
+    return {name: _query_table(name, tops[name], plan["id_type"]) for name in score.strategies}
+
+
+def _prepare(pool_uri, checkpoint, score: ScoreConfig, pool: PoolConfig, exclude_ids) -> dict:
+    """Every check that can fail before the pool is scored."""
+    from alray.model import check_fits, load_checkpoint
+
+    check_names(score.strategies)
+    needs = needs_of(score.strategies)
+    shards = io.pool_shards(pool_uri)
+    dims = infer_dims(pool_uri, pool)
+    model, config, _ = load_checkpoint(checkpoint)
+    check_fits(config, dims, None, str(checkpoint))
+    if score.head not in model.head_names:
+        raise ConfigError(f"head {score.head!r}: the model from {checkpoint} has heads "
+                          f"{', '.join(model.head_names)}")
+    if "loss_pred" in needs and not config.learning_loss:
+        raise ConfigError(f"strategy learning_loss needs a model trained with a "
+                          f"loss-prediction module; {checkpoint} has none")
+    del model
+    columns = [pool.id_column, *pool.embedding_columns.values()]
+    names = io.open_parquet(shards[0]).schema_arrow.names
+    has_labels = pool.label_column in names
+    if has_labels:
+        columns.append(pool.label_column)
+    exclude = sorted_ids(exclude_ids) if exclude_ids is not None else np.zeros(0, np.int64)
+    total, excluded_present, labelled, id_type = 0, 0, 0, None
+    for shard in shards:
+        pf = io.open_parquet(shard)
+        total += pf.metadata.num_rows
+        shard_cols = [pool.id_column] + ([pool.label_column] if has_labels and
+                                         pool.label_column in pf.schema_arrow.names else [])
+        try:
+            table = pf.read(columns=shard_cols)
+        except (pa.ArrowException, OSError) as exc:
+            raise PoolSchemaError(f"{shard.uri}: unreadable or corrupt Parquet file: "
+                                  f"{exc}") from None
+        ids = table.column(pool.id_column)
+        id_type = id_type or ids.type
+        if len(exclude):
+            excluded_present += int(pc.sum(pc.is_in(
+                ids, value_set=pa.array(exclude))).as_py() or 0)
+        if pool.label_column in table.column_names:
+            labelled += len(table) - table.column(pool.label_column).null_count
+    oracles = [s for s in score.strategies if STRATEGIES[s].oracle]
+    if oracles and labelled == 0:
+        raise LabelsError(f"oracle strategies {', '.join(oracles)} need the true labels, "
+                          f"and the pool {pool_uri} has none (column "
+                          f"{pool.label_column!r})")
+    candidates = total - excluded_present
+    if score.query_size > candidates:
+        raise PoolExhaustedError(
+            f"query size {score.query_size} is larger than the {candidates} unlabelled "
+            f"posts left in {pool_uri} ({total} rows, {excluded_present} already labelled)")
+    return {"pool_uri": str(pool_uri), "checkpoint": str(checkpoint), "score": score,
+            "pool": pool, "shards": shards, "dims": dims, "columns": columns,
+            "exclude": exclude, "total": total, "id_type": id_type or pa.int64()}
+
+
+def _new_tops(score: ScoreConfig) -> dict[str, TopK]:
+    return {name: TopK(score.query_size) for name in score.strategies}
+
+
+def _absorb(tops: dict[str, TopK], table: pa.Table) -> None:
+    """Merge one ``BatchScorer`` output table into the running top-k per strategy."""
+    if table.num_rows == 0:
+        return
+    strategy = table.column("strategy").to_numpy(zero_copy_only=False)
+    ids = table.column("id").to_numpy(zero_copy_only=False)
+    scores = table.column("score").to_numpy()
+    cls = table.column("predicted_class").to_numpy()
+    prob = table.column("predicted_prob").to_numpy()
+    for name, top in tops.items():
+        rows = strategy == name
+        if rows.any():
+            top.update(ids[rows], scores[rows],
+                       {"predicted_class": cls[rows], "predicted_prob": prob[rows]})
+
+
+def _score_local(plan: dict, progress: Progress | None) -> dict[str, TopK]:
+    score: ScoreConfig = plan["score"]
+    scorer = BatchScorer(plan["checkpoint"], score.to_dict(), plan["pool"].to_dict(),
+                         plan["dims"], exclude=plan["exclude"])
+    tops, done = _new_tops(score), 0
+    for shard in plan["shards"]:
+        for batch in io.iter_batches(shard, plan["columns"], score.batch_size):
+            try:
+                out = scorer(pa.Table.from_batches([batch]))
+            except PoolSchemaError as exc:
+                raise PoolSchemaError(f"{shard.uri}: {exc}") from None
+            _absorb(tops, out)
+            done += batch.num_rows
+            if progress:
+                progress(done, plan["total"])
+    return tops
+
+
+def _score_ray(plan: dict, address: str | None, progress: Progress | None
+               ) -> dict[str, TopK]:
+    import ray
+    import ray.data
+
+    score: ScoreConfig = plan["score"]
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, ignore_reinit_error=True,
+                     log_to_driver=False)
+    exclude = plan["exclude"]
+    if len(exclude) > PUT_THRESHOLD:
+        exclude = ray.put(exclude)
+    threads = max(1, int(score.num_cpus_per_actor)) if score.num_gpus_per_actor == 0 else 1
+    kwargs = {"checkpoint": os.path.abspath(plan["checkpoint"]) if "://" not in
+              plan["checkpoint"] else plan["checkpoint"],
+              "score": score.to_dict(), "pool": plan["pool"].to_dict(),
+              "dims": plan["dims"], "exclude": exclude, "num_threads": threads,
+              "device": "cuda" if score.num_gpus_per_actor > 0 else "cpu"}
+    paths = [s.path for s in plan["shards"]]
+    fs = plan["shards"][0].fs
+    tops = _new_tops(score)
+    try:
+        ds = ray.data.read_parquet(paths, filesystem=fs)
+        ds = ds.select_columns(plan["columns"])
+        ds = ds.map_batches(
+            BatchScorer, fn_constructor_kwargs=kwargs, batch_size=score.batch_size,
+            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=score.actors),
+            num_cpus=score.num_cpus_per_actor, num_gpus=score.num_gpus_per_actor)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            _absorb(tops, batch if isinstance(batch, pa.Table)
+                    else pa.Table.from_batches([batch]))
+    except Exception as exc:  # Ray wraps errors from read tasks and actors
+        raise _unwrap(exc, plan["shards"]) from None
+    if progress:
+        progress(plan["total"], plan["total"])
+    return tops
+
+
+def _unwrap(exc: Exception, shards) -> Exception:
+    """An AlrayError for an exception Ray raised, naming the shard when Ray did."""
+    cause, seen = exc, set()
+    while cause is not None and id(cause) not in seen:  # Ray's RayTaskError(X) is an X
+        seen.add(id(cause))
+        if isinstance(cause, AlrayError):
+            if type(cause).__module__.startswith("alray"):
+                return cause
+            # RayTaskError(X) subclasses X; rebuild a plain X from the original problems
+            plain = next(c for c in type(cause).__mro__
+                         if issubclass(c, AlrayError) and c.__module__.startswith("alray"))
+            problems = getattr(cause, "problems", None) or [_last_line(str(cause))]
+            return plain(problems[0], problems if len(problems) > 1 else None)
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc)
+    for shard in shards:
+        if shard.path in text or os.path.basename(shard.path) in text:
+            return PoolSchemaError(f"{shard.uri}: unreadable or corrupt Parquet file "
+                                   f"({_root_error(text)})")
+    return exc
+
+
+def _root_error(text: str) -> str:
+    """The original error line inside Ray's wrapped traceback (e.g. ``OSError: ...``)."""
+    found = re.findall(r"^(\w*(?:Error|Exception|Invalid)\w*: .*)$", text, re.MULTILINE)
+    found = [line.strip() for line in found if not line.startswith("Ray")]
+    return found[-1] if found else _last_line(text)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
+
+
+def _query_table(name: str, top: TopK, id_type: pa.DataType) -> pa.Table:
+    rows = top.result()
+    n = len(rows["id"])
+    return pa.table({
+        "id": pa.array(rows["id"], id_type),
+        "score": pa.array(rows["score"], pa.float64()),
+        "rank": pa.array(rows["rank"], pa.int64()),
+        "predicted_class": pa.array(rows.get("predicted_class", np.zeros(0, np.int64)),
+                                    pa.int64()),
+        "predicted_prob": pa.array(rows.get("predicted_prob", np.zeros(0)), pa.float64()),
+        "strategy": pa.array([name] * n, pa.string()),
+    })
+
+
+def write_query(tables: dict[str, pa.Table], out: str, step: int = 0) -> pa.Table:
+    """Write every strategy's query into one Parquet file at ``out`` (atomic); returns it.
+
+    Columns in ``QUERY_COLUMNS`` order, with ``step`` added.
+    """
+    parts = []
+    for table in tables.values():
+        table = table.append_column("step", pa.array([step] * table.num_rows, pa.int64()))
+        parts.append(table.select(list(QUERY_COLUMNS)))
+    if not parts:
+        raise ConfigError("write_query: no query tables to write")
+    table = pa.concat_tables(parts)
+    io.write_table(table, out)
+    return table
+

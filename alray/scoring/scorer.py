@@ -1,0 +1,119 @@
+"""``BatchScorer``: one scoring actor's work, Ray Data's batch-inference pattern.
+
+The constructor loads the checkpoint once; each call turns one pyarrow batch of pool
+rows into the per-batch top-k candidates of every requested strategy. Only those
+candidates leave the actor (k rows per strategy, not one score per row); the driver
+merges them with ``TopK`` (exact: the global top k is the top k of the per-batch tops).
+
+No Ray import at module level: the same class runs in-process (``use_ray=False``).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from alray.acquisition import compute_scores, needs_of
+from alray.acquisition.registry import STRATEGIES
+from alray.config import PoolConfig, ScoreConfig
+from alray.errors import LabelsError
+from alray.pool.arrays import UNLABELLED, arrays_from_table
+from alray.scoring.topk import mask_excluded, select_top
+
+OUTPUT_COLUMNS = ("strategy", "id", "score", "predicted_class", "predicted_prob")
+
+
+def output_schema(id_type: pa.DataType = pa.int64()) -> pa.Schema:
+    """The schema of ``BatchScorer`` output (the id type follows the pool's)."""
+    return pa.schema([("strategy", pa.string()), ("id", id_type), ("score", pa.float64()),
+                      ("predicted_class", pa.int64()), ("predicted_prob", pa.float64())])
+
+
+class BatchScorer:
+    """Callable class for ``Dataset.map_batches`` (or direct in-process calls).
+
+    checkpoint: checkpoint directory. score / pool: ``ScoreConfig.to_dict()`` /
+    ``PoolConfig.to_dict()``. dims: modality -> embedding dim. exclude: sorted array of
+    ids never to return (or a Ray ObjectRef to one). num_threads: torch threads (set
+    it to the CPUs the actor was given). device: "cpu" or "cuda".
+    """
+
+    def __init__(self, checkpoint: str, score: Mapping, pool: Mapping, dims: Mapping,
+                 exclude=None, num_threads: int | None = None, device: str = "cpu"):
+        import torch
+
+        from alray.model import MCDropout, load_checkpoint
+
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        if exclude is not None and not isinstance(exclude, np.ndarray):
+            import ray  # only when the driver put the ids in the object store
+            if isinstance(exclude, ray.ObjectRef):
+                exclude = ray.get(exclude)
+        self.exclude = (np.zeros(0, np.int64) if exclude is None
+                        else np.asarray(exclude))
+        self.score = ScoreConfig.from_dict(score)
+        self.pool = PoolConfig.from_dict(pool)
+        self.dims = dict(dims)
+        self.device = torch.device(device)
+        self.model, self.config, _ = load_checkpoint(checkpoint, map_location=self.device)
+        self.model.eval()
+        self.needs = needs_of(self.score.strategies)
+        self.mc = (MCDropout(self.model, self.score.mc_samples, self.score.seed)
+                   if "mc" in self.needs else None)
+
+    def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+        import torch
+
+        from alray.model import as_tensors
+
+        if isinstance(batch, pa.RecordBatch):
+            batch = pa.Table.from_batches([batch])
+        id_type = batch.schema.field(self.pool.id_column).type
+        data = arrays_from_table(batch, self.pool, self.dims)
+        keep = mask_excluded(data.ids, self.exclude)
+        if not keep.all():
+            data = data.take(keep)
+        if len(data) == 0:
+            return output_schema(id_type).empty_table()
+        head = self.score.head
+        with torch.inference_mode():
+            feats, pres = as_tensors(data.features, data.present, self.device)
+            out = self.model(feats, pres)
+            probs = torch.softmax(out.logits[head].float(), dim=1).cpu().numpy()
+            inputs: dict[str, object] = {"probs": probs.astype(np.float64)}
+            if self.mc is not None:
+                stats = self.mc.statistics(feats, pres, head)
+                inputs["mc_mean_probs"] = stats["mean_probs"].cpu().numpy().astype(np.float64)
+                inputs["mc_mean_entropy"] = (stats["mean_entropy"].cpu().numpy()
+                                             .astype(np.float64))
+            if "loss_pred" in self.needs:
+                inputs["loss_pred"] = (self.model.predict_loss(feats, pres).cpu().numpy()
+                                       .astype(np.float64))
+        if "labels" in self.needs:
+            missing = int(np.count_nonzero(data.labels == UNLABELLED))
+            if missing:
+                oracles = [s for s in self.score.strategies if STRATEGIES[s].oracle]
+                raise LabelsError(
+                    f"oracle strategies {', '.join(oracles)} need a label on every "
+                    f"candidate; {missing} of {len(data)} rows in a batch are unlabelled "
+                    f"(first id {data.ids[data.labels == UNLABELLED][0]!r})")
+            inputs["labels"] = data.labels
+        inputs["ids"] = data.ids
+        inputs["seed"] = self.score.seed
+        predicted = probs.argmax(axis=1)
+        extra = {"predicted_class": predicted.astype(np.int64),
+                 "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64)}
+        parts = []
+        for name in self.score.strategies:
+            scores = compute_scores(name, inputs)
+            top = select_top(data.ids, scores, self.score.query_size, extra)
+            parts.append(pa.table({
+                "strategy": pa.array([name] * len(top["id"]), pa.string()),
+                "id": pa.array(top["id"], id_type),
+                "score": pa.array(top["score"], pa.float64()),
+                "predicted_class": pa.array(top["predicted_class"], pa.int64()),
+                "predicted_prob": pa.array(top["predicted_prob"], pa.float64()),
+            }, schema=output_schema(id_type)))
+        return pa.concat_tables(parts)
