@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Mapping
-
 import numpy as np
 import pyarrow as pa
 
 from alray.config import PoolConfig
-from alray.errors import EmptyPoolError, PoolSchemaError
 from alray.pool import io
-from alray.pool.ids import IdRegistry
 
 # the query table (ARCHITECTURE.md): one row per post sent to assessors
 QUERY_COLUMNS = ("id", "score", "rank", "predicted_class", "predicted_prob", "step", "strategy")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from alray.config import GeneratorConfig, PoolConfig
+from alray.config import GeneratorConfig
 from alray.pool import io
 
 POOL_STREAM, VAL_STREAM = 0, 1
@@ -115,6 +115,3 @@ def _write_config(directory: io.Location, cfg: GeneratorConfig) -> None:
     with directory.fs.open_output_stream(f"{directory.path}/generator.yaml") as f:
         f.write(cfg.to_yaml().encode())
 
-
-def default_pool_config() -> PoolConfig:
-    return PoolConfig()

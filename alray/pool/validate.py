@@ -6,7 +6,6 @@ from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from alray.config import PoolConfig
 from alray.pool import io

@@ -7,33 +7,14 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from alray.config import ModelConfig
-from alray.model import FusionNet, MCDropout, dropout_masks, mc_forward_reference, mc_statistics
+from alray.model import MCDropout, dropout_masks, mc_forward_reference, mc_statistics
 
-CFG = ModelConfig(modality_dims={"image": 12, "text": 8},
-                  branch_widths={"image": (10, 6), "text": (7,)},
-                  fused_widths=(9, 5), n_classes=4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.unit.model_helpers import SMALL as CFG
+from tests.unit.model_helpers import build as _build
 
 
-def build(config=CFG, seed=0) -> FusionNet:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = FusionNet(config)
-        for _, block in model.block_names():  # trained-looking BN and missing vectors
-            block.bn.running_mean.uniform_(-0.5, 0.5)
-            block.bn.running_var.uniform_(0.5, 2.0)
-            block.bn.weight.data.uniform_(0.5, 1.5)
-            block.bn.bias.data.uniform_(-0.5, 0.5)
-        for vector in model.missing.values():
-            vector.data.normal_()
-    return model.eval()
+def build(config=CFG, seed=0):
+    return _build(config, seed).eval()
 
 
 def rows(n=100, seed=1, config=CFG, absent=0.3):

@@ -15,33 +15,7 @@ from alray.model import (
     FusionNet, LossPredictor, MultiHeadLoss, check_fits, load_checkpoint, per_sample_loss,
     ranking_loss, save_checkpoint)
 
-SMALL = ModelConfig(modality_dims={"image": 12, "text": 8},
-                    branch_widths={"image": (10, 6), "text": (7,)},
-                    fused_widths=(9, 5), n_classes=4)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: OpenMP threads only spin against the other processes on 2 cores
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def build(config=SMALL, seed=0) -> FusionNet:
-    """A model with a fixed init and non-trivial BN statistics and missing vectors."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = FusionNet(config)
-        for _, block in model.block_names():
-            block.bn.running_mean.uniform_(-0.5, 0.5)
-            block.bn.running_var.uniform_(0.5, 2.0)
-            block.bn.weight.data.uniform_(0.5, 1.5)
-            block.bn.bias.data.uniform_(-0.5, 0.5)
-        for vector in model.missing.values():
-            vector.data.normal_()
-    return model
+from tests.unit.model_helpers import SMALL, build
 
 
 def batch(n=24, seed=1, config=SMALL, absent=0.3):

@@ -22,12 +22,6 @@ CFG = ModelConfig(modality_dims={"image": 12, "text": 8},
 FAST = TrainConfig(epochs=3, batch_size=64, seed=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_data(n=300, seed=0, config=CFG, absent=0.3, signal=1.5) -> PostArrays:
