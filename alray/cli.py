@@ -329,11 +329,13 @@ def demo(out, rows, seed):
 @click.option("--local", is_flag=True, help="Score in this process, without Ray.")
 @click.option("--address", default=None, help="Ray cluster address (default: embedded Ray).")
 @click.option("--show", type=int, default=10, show_default=True, help="Rows printed per strategy.")
+@click.option("--scores-out", default=None, metavar="DIR",
+              help="Also write every post's score per strategy to this Parquet directory.")
 @pool_options
 @friendly_errors
 def score(pool, checkpoint, strategies, query_size, exclude, out, step, mc_samples, actors,
           num_cpus_per_actor, num_gpus_per_actor, batch_size, head, seed, local, address,
-          show, id_column, label_column, embedding_columns):
+          show, scores_out, id_column, label_column, embedding_columns):
     """Score --pool with --checkpoint; write the top --query-size posts per strategy."""
     from alray.config import ScoreConfig
     config = pool_config(id_column, label_column, embedding_columns)
@@ -347,15 +349,15 @@ def score(pool, checkpoint, strategies, query_size, exclude, out, step, mc_sampl
     from alray.pool.load import read_ids_file
     exclude_ids = read_ids_file(exclude, config.id_column) if exclude else None
     _run_scoring(pool, checkpoint, cfg, config, exclude_ids, not local, address, out, step,
-                 show)
+                 show, scores_out)
 
 
 def _run_scoring(pool, checkpoint, cfg, config, exclude_ids, use_ray, address, out, step,
-                 show=10):
+                 show=10, scores_out=None):
     from alray.scoring.pipeline import score_pool, write_query
     bar = Progress(total=0, desc="score", unit="row")
     tables = score_pool(pool, checkpoint, cfg, config, exclude_ids=exclude_ids,
-                        use_ray=use_ray, address=address,
+                        use_ray=use_ray, address=address, scores_out=scores_out,
                         progress=lambda done, total: (setattr(bar.bar, "total", total),
                                                       bar.to(done)))
     bar.close()

@@ -36,7 +36,8 @@ Progress = Callable[[int, int], None]
 def score_pool(pool_uri: str, checkpoint: str, score: ScoreConfig,
                pool: PoolConfig = PoolConfig(), exclude_ids: Iterable | None = None,
                use_ray: bool = True, address: str | None = None,
-               progress: Progress | None = None) -> dict[str, pa.Table]:
+               progress: Progress | None = None, scores_out: str | None = None
+               ) -> dict[str, pa.Table]:
     """strategy -> query table (id, score, rank, predicted_class, predicted_prob, strategy),
     best first, ``score.query_size`` rows each.
 
@@ -44,12 +45,21 @@ def score_pool(pool_uri: str, checkpoint: str, score: ScoreConfig,
     CheckpointError (model does not fit the pool), LabelsError (oracle strategy on a pool
     without labels), PoolExhaustedError (fewer candidates than query_size) before any
     scoring, and PoolSchemaError naming the file for a corrupt shard.
+    ``scores_out``: also write every candidate's score per strategy (long format: the
+    columns of ``output_schema``) as a Parquet directory there, atomically; the query is
+    then merged from those files.
     """
     plan = _prepare(pool_uri, checkpoint, score, pool, exclude_ids)
-    if use_ray:
+    plan["keep_all"] = scores_out is not None
+    if scores_out is not None:
+        with io.atomic_directory(scores_out) as tmp:
+            plan["scores_dir"] = tmp
+            (_score_ray if use_ray else _score_local)(plan, address, progress)
+        tops = _merge_scores(scores_out, score)
+    elif use_ray:
         tops = _score_ray(plan, address, progress)
     else:
-        tops = _score_local(plan, progress)
+        tops = _score_local(plan, address, progress)
     return {name: _query_table(name, tops[name], plan["id_type"]) for name in score.strategies}
 
 
@@ -129,10 +139,21 @@ def _absorb(tops: dict[str, TopK], table: pa.Table) -> None:
                        {"predicted_class": cls[rows], "predicted_prob": prob[rows]})
 
 
-def _score_local(plan: dict, progress: Progress | None) -> dict[str, TopK]:
+def _merge_scores(scores_dir: str, score: ScoreConfig) -> dict[str, TopK]:
+    """The exact top-k per strategy of a written ``--scores-out`` directory."""
+    tops = _new_tops(score)
+    for shard in io.pool_shards(scores_dir):
+        for batch in io.iter_batches(shard):
+            _absorb(tops, pa.Table.from_batches([batch]))
+    return tops
+
+
+def _score_local(plan: dict, address: str | None, progress: Progress | None
+                 ) -> dict[str, TopK]:
     score: ScoreConfig = plan["score"]
     scorer = BatchScorer(plan["checkpoint"], score.to_dict(), plan["pool"].to_dict(),
-                         plan["dims"], exclude=plan["exclude"])
+                         plan["dims"], exclude=plan["exclude"], keep_all=plan["keep_all"])
+    n_written = 0
     tops, done = _new_tops(score), 0
     for shard in plan["shards"]:
         for batch in io.iter_batches(shard, plan["columns"], score.batch_size):
@@ -140,7 +161,11 @@ def _score_local(plan: dict, progress: Progress | None) -> dict[str, TopK]:
                 out = scorer(pa.Table.from_batches([batch]))
             except PoolSchemaError as exc:
                 raise PoolSchemaError(f"{shard.uri}: {exc}") from None
-            _absorb(tops, out)
+            if plan["keep_all"]:
+                io.write_shard(out, plan["scores_dir"], n_written)
+                n_written += 1
+            else:
+                _absorb(tops, out)
             done += batch.num_rows
             if progress:
                 progress(done, plan["total"])
@@ -167,7 +192,8 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
               plan["checkpoint"] else plan["checkpoint"],
               "score": score.to_dict(), "pool": plan["pool"].to_dict(),
               "dims": plan["dims"], "exclude": exclude, "num_threads": threads,
-              "device": "cuda" if score.num_gpus_per_actor > 0 else "cpu"}
+              "device": "cuda" if score.num_gpus_per_actor > 0 else "cpu",
+              "keep_all": plan["keep_all"]}
     paths = [s.path for s in plan["shards"]]
     fs = plan["shards"][0].fs
     tops = _new_tops(score)
@@ -178,6 +204,10 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
             BatchScorer, fn_constructor_kwargs=kwargs, batch_size=score.batch_size,
             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=score.actors),
             num_cpus=score.num_cpus_per_actor, num_gpus=score.num_gpus_per_actor)
+        if plan["keep_all"]:
+            out = plan["scores_dir"]
+            ds.write_parquet(out.path, filesystem=out.fs)
+            return tops
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             _absorb(tops, batch if isinstance(batch, pa.Table)
                     else pa.Table.from_batches([batch]))

@@ -36,11 +36,13 @@ class BatchScorer:
     checkpoint: checkpoint directory. score / pool: ``ScoreConfig.to_dict()`` /
     ``PoolConfig.to_dict()``. dims: modality -> embedding dim. exclude: sorted array of
     ids never to return (or a Ray ObjectRef to one). num_threads: torch threads (set
-    it to the CPUs the actor was given). device: "cpu" or "cuda".
+    it to the CPUs the actor was given). device: "cpu" or "cuda". keep_all: return every
+    row's score (for ``--scores-out``) instead of the batch's top-k.
     """
 
     def __init__(self, checkpoint: str, score: Mapping, pool: Mapping, dims: Mapping,
-                 exclude=None, num_threads: int | None = None, device: str = "cpu"):
+                 exclude=None, num_threads: int | None = None, device: str = "cpu",
+                 keep_all: bool = False):
         import torch
 
         from alray.model import MCDropout, load_checkpoint
@@ -53,6 +55,7 @@ class BatchScorer:
                 exclude = ray.get(exclude)
         self.exclude = (np.zeros(0, np.int64) if exclude is None
                         else np.asarray(exclude))
+        self.keep_all = keep_all
         self.score = ScoreConfig.from_dict(score)
         self.pool = PoolConfig.from_dict(pool)
         self.dims = dict(dims)
@@ -108,7 +111,8 @@ class BatchScorer:
         parts = []
         for name in self.score.strategies:
             scores = compute_scores(name, inputs)
-            top = select_top(data.ids, scores, self.score.query_size, extra)
+            k = len(data) if self.keep_all else self.score.query_size
+            top = select_top(data.ids, scores, k, extra)
             parts.append(pa.table({
                 "strategy": pa.array([name] * len(top["id"]), pa.string()),
                 "id": pa.array(top["id"], id_type),

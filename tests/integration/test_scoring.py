@@ -126,3 +126,21 @@ def test_cli_errors_exit_2(pool3, checkpoint, tmp_path):
                                        str(tmp_path / "q.parquet"), "--local"])
     assert result.exit_code == 2
     assert "nope" in result.output
+
+
+@pytest.mark.parametrize("use_ray", [False, True])
+def test_scores_out_holds_every_candidate_and_gives_the_same_query(ray_session, pool3,
+                                                                    checkpoint, tmp_path,
+                                                                    use_ray):
+    exclude = list(range(0, 30))
+    cfg = _config(strategies=("margin", "entropy"))
+    plain = score_pool(pool3, checkpoint, cfg, exclude_ids=exclude, use_ray=False)
+    out = tmp_path / "scores"
+    with_scores = score_pool(pool3, checkpoint, cfg, exclude_ids=exclude, use_ray=use_ray,
+                             scores_out=str(out))
+    scores = io.read_table(str(out))
+    assert scores.num_rows == 2 * (240 - 30)  # every candidate, once per strategy
+    assert not set(scores.column("id").to_pylist()) & set(exclude)
+    for name in ("margin", "entropy"):
+        assert plain[name].column("id").to_pylist() == with_scores[name].column("id").to_pylist()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
