@@ -12,7 +12,7 @@ import sys
 import click
 import numpy as np
 
-from alray.config import GeneratorConfig, PoolConfig
+from alray.config import STUDY_BRANCH_WIDTHS, GeneratorConfig, PoolConfig
 from alray.errors import AlrayError, ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -250,10 +250,10 @@ def _run_training(pool_uri, val_uri, config, out, classes, epochs, heads, seed, 
     else:
         data = load_rows(pool_uri, config, ids=sample_labelled_ids(pool_uri, config, initial, seed))
     dims = infer_dims(pool_uri, config)
+    # the study's widths for its modalities; two blocks of 256 for any other modality
+    widths = {m: STUDY_BRANCH_WIDTHS.get(m, (256, 256)) for m in dims}
     model_cfg = ModelConfig(n_classes=classes, heads=heads, modality_dims=dims,
-                            branch_widths={m: w for m, w in ModelConfig().branch_widths.items()
-                                           if m in dims} if set(dims) <= {"image", "text"}
-                            else {m: (256, 256) for m in dims})
+                            branch_widths=widths)
     train_cfg = TrainConfig(epochs=epochs, seed=seed)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching global state
         torch.manual_seed(seed)

@@ -54,12 +54,10 @@ def score_pool(pool_uri: str, checkpoint: str, score: ScoreConfig,
     if scores_out is not None:
         with io.atomic_directory(scores_out) as tmp:
             plan["scores_dir"] = tmp
-            (_score_ray if use_ray else _score_local)(plan, address, progress)
+            _run(plan, use_ray, address, progress)
         tops = _merge_scores(scores_out, score)
-    elif use_ray:
-        tops = _score_ray(plan, address, progress)
     else:
-        tops = _score_local(plan, address, progress)
+        tops = _run(plan, use_ray, address, progress)
     return {name: _query_table(name, tops[name], plan["id_type"]) for name in score.strategies}
 
 
@@ -148,8 +146,12 @@ def _merge_scores(scores_dir: str, score: ScoreConfig) -> dict[str, TopK]:
     return tops
 
 
-def _score_local(plan: dict, address: str | None, progress: Progress | None
-                 ) -> dict[str, TopK]:
+def _run(plan: dict, use_ray: bool, address: str | None, progress: Progress | None
+         ) -> dict[str, TopK]:
+    return _score_ray(plan, address, progress) if use_ray else _score_local(plan, progress)
+
+
+def _score_local(plan: dict, progress: Progress | None) -> dict[str, TopK]:
     score: ScoreConfig = plan["score"]
     scorer = BatchScorer(plan["checkpoint"], score.to_dict(), plan["pool"].to_dict(),
                          plan["dims"], exclude=plan["exclude"], keep_all=plan["keep_all"])
