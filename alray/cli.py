@@ -373,3 +373,7 @@ def _run_scoring(pool, checkpoint, cfg, config, exclude_ids, use_ray, address, o
 
 if __name__ == "__main__":
     main()
+
+
+# the loop's commands live in their own module; importing it registers them on ``main``
+from alray import cli_loop  # noqa: E402,F401

@@ -268,3 +268,109 @@ class GeneratorConfig(_Config):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
         return problems
+
+
+@dataclass(frozen=True)
+class LoopConfig(_Config):
+    """One active-learning run: what is frozen into its run directory.
+
+    ``steps`` is a budget, not part of the science: a resumed run may extend it. The
+    compute layout (scoring actors and batch size; ``ComputeConfig``) is not frozen
+    either: the query and the metrics do not depend on it.
+    """
+
+    pool_uri: str = ""
+    val_uri: str = ""
+    initial: int = 2000
+    steps: int = 100
+    seed: int = 0
+    assessors: bool = False
+    columns: PoolConfig = field(default_factory=PoolConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    # nested configs: their own from_dict, so a run.json round-trips to equal objects
+    _NESTED = {"columns": PoolConfig, "model": ModelConfig, "train": TrainConfig,
+               "score": ScoreConfig}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None):
+        data = dict(data or {})
+        for name, kind in cls._NESTED.items():
+            if isinstance(data.get(name), Mapping):
+                data[name] = kind.from_dict(data[name])
+        return super().from_dict.__func__(cls, data)
+
+    def _check(self) -> list[str]:
+        problems = []
+        if not self.pool_uri:
+            problems.append("pool_uri is required")
+        if not self.val_uri:
+            problems.append("val_uri is required (a labelled validation pool)")
+        for name in ("initial", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (1 if name == "initial" else 0):
+                problems.append(f"{name} must be an integer >= "
+                                f"{1 if name == 'initial' else 0}, got {value!r}")
+        if len(self.score.strategies) != 1:
+            problems.append(f"a loop queries with one strategy, got {list(self.score.strategies)}")
+        if set(self.model.modalities) != set(self.columns.modalities):
+            problems.append(f"model modalities {sorted(self.model.modalities)} differ from "
+                            f"the pool's {sorted(self.columns.modalities)}")
+        return problems
+
+    @property
+    def strategy(self) -> str:
+        return self.score.strategies[0]
+
+    @property
+    def query_size(self) -> int:
+        return self.score.query_size
+
+    # the budget and the compute layout: a resumed run may change them
+    NOT_FROZEN = ("steps", "score.actors", "score.num_cpus_per_actor",
+                  "score.num_gpus_per_actor", "score.batch_size")
+
+    def differences(self, other: "LoopConfig") -> list[str]:
+        """``key: this -> other`` for every frozen option that differs."""
+        mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
+        return [f"{key}: {mine.get(key)!r} -> {theirs.get(key)!r}"
+                for key in sorted(set(mine) | set(theirs))
+                if key not in self.NOT_FROZEN and mine.get(key) != theirs.get(key)]
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and key not in ("modality_dims", "branch_widths",
+                                                       "embedding_columns"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class ComputeConfig(_Config):
+    """Where a loop runs: in-process (``local``) or on Ray (embedded unless ``address``),
+    with its Ray Train worker group for fine-tuning."""
+
+    local: bool = False
+    address: str | None = None
+    train_workers: int = 1
+    train_gpus_per_worker: float = 0.0
+    train_cpus_per_worker: float | None = None  # None: the training service's default
+    train_threads: int | None = None             # torch threads per worker
+
+    def _check(self) -> list[str]:
+        problems = []
+        if not isinstance(self.train_workers, int) or self.train_workers < 1:
+            problems.append(f"train_workers must be an integer >= 1, got {self.train_workers!r}")
+        if self.train_gpus_per_worker < 0:
+            problems.append("train_gpus_per_worker must be >= 0")
+        if self.train_cpus_per_worker is not None and self.train_cpus_per_worker <= 0:
+            problems.append("train_cpus_per_worker must be > 0")
+        if self.local and self.address:
+            problems.append("local and address exclude each other")
+        return problems

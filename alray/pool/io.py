@@ -192,3 +192,61 @@ def write_shard(table: pa.Table, directory: Location, index: int) -> None:
     """Write shard ``index`` into a (temporary) pool directory."""
     path = f"{directory.path}/part-{index:05d}.parquet"
     pq.write_table(table, path, filesystem=directory.fs, **write_options(table.schema))
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write a small local JSON file atomically (temp file, fsync, rename)."""
+    import json
+
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    path = os.fspath(path)
+    tmp = f"{os.path.dirname(path) or '.'}/.{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def fingerprint(uri: str | os.PathLike) -> list[dict]:
+    """What identifies a pool's content cheaply: per shard its relative name, size,
+    modification time and a hash of its Parquet footer (row counts, offsets, statistics).
+
+    Reading footers only, so it costs milliseconds on pools of any size.
+    """
+    import hashlib
+
+    loc = locate(uri)
+    root = loc.path.rstrip("/")
+    entries = []
+    for shard in pool_shards(uri):
+        info = shard.fs.get_file_info(shard.path)
+        with shard.fs.open_input_file(shard.path) as f:
+            f.seek(max(0, info.size - 8))
+            tail = f.read(8)
+            footer_len = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
+            f.seek(max(0, info.size - 8 - footer_len))
+            footer = f.read(footer_len + 8)
+        name = shard.path[len(root):].lstrip("/") or os.path.basename(shard.path)
+        entries.append({"file": name, "size": info.size, "mtime_ns": info.mtime_ns,
+                        "footer_sha256": hashlib.sha256(footer).hexdigest()})
+    return entries
+
+
+def fingerprint_changes(old: list[dict], new: list[dict]) -> list[str]:
+    """Human-readable differences between two ``fingerprint`` results."""
+    before = {e["file"]: e for e in old}
+    after = {e["file"]: e for e in new}
+    changes = [f"{name}: removed" for name in sorted(set(before) - set(after))]
+    changes += [f"{name}: added" for name in sorted(set(after) - set(before))]
+    for name in sorted(set(before) & set(after)):
+        differs = [k for k in ("size", "footer_sha256", "mtime_ns")
+                   if before[name].get(k) != after[name].get(k)]
+        if differs:
+            changes.append(f"{name}: {', '.join(differs)} changed")
+    return changes

@@ -24,8 +24,10 @@ from alray.errors import (
     AlrayError, ConfigError, LabelsError, PoolExhaustedError, PoolSchemaError)
 from alray.pool import io
 from alray.pool.schema import QUERY_COLUMNS, infer_dims
+from alray.runtime import ensure_ray
 from alray.scoring.scorer import BatchScorer
-from alray.scoring.topk import TopK, sorted_ids
+from alray.scoring.merge import QueryMerger, merge_scores
+from alray.scoring.topk import sorted_ids
 
 # an exclude list bigger than this travels through the object store, not the closure
 PUT_THRESHOLD = 10_000
@@ -36,8 +38,8 @@ Progress = Callable[[int, int], None]
 def score_pool(pool_uri: str, checkpoint: str, score: ScoreConfig,
                pool: PoolConfig = PoolConfig(), exclude_ids: Iterable | None = None,
                use_ray: bool = True, address: str | None = None,
-               progress: Progress | None = None, scores_out: str | None = None
-               ) -> dict[str, pa.Table]:
+               progress: Progress | None = None, scores_out: str | None = None,
+               carry: bool = False) -> dict[str, pa.Table]:
     """strategy -> query table (id, score, rank, predicted_class, predicted_prob, strategy),
     best first, ``score.query_size`` rows each.
 
@@ -48,17 +50,22 @@ def score_pool(pool_uri: str, checkpoint: str, score: ScoreConfig,
     ``scores_out``: also write every candidate's score per strategy (long format: the
     columns of ``output_schema``) as a Parquet directory there, atomically; the query is
     then merged from those files.
+    ``carry``: each query table also holds the pool's embedding and label columns of
+    its rows (the loop trains on them without reading the pool again).
     """
+    if carry and scores_out is not None:
+        raise ConfigError("score_pool: carry and scores_out cannot be combined")
     plan = _prepare(pool_uri, checkpoint, score, pool, exclude_ids)
     plan["keep_all"] = scores_out is not None
+    plan["carry"] = carry
     if scores_out is not None:
         with io.atomic_directory(scores_out) as tmp:
             plan["scores_dir"] = tmp
             _run(plan, use_ray, address, progress)
-        tops = _merge_scores(scores_out, score)
+        merger = merge_scores(scores_out, score)
     else:
-        tops = _run(plan, use_ray, address, progress)
-    return {name: _query_table(name, tops[name], plan["id_type"]) for name in score.strategies}
+        merger = _run(plan, use_ray, address, progress)
+    return merger.queries(plan["id_type"])
 
 
 def _prepare(pool_uri, checkpoint, score: ScoreConfig, pool: PoolConfig, exclude_ids) -> dict:
@@ -117,46 +124,18 @@ def _prepare(pool_uri, checkpoint, score: ScoreConfig, pool: PoolConfig, exclude
             "exclude": exclude, "total": total, "id_type": id_type or pa.int64()}
 
 
-def _new_tops(score: ScoreConfig) -> dict[str, TopK]:
-    return {name: TopK(score.query_size) for name in score.strategies}
-
-
-def _absorb(tops: dict[str, TopK], table: pa.Table) -> None:
-    """Merge one ``BatchScorer`` output table into the running top-k per strategy."""
-    if table.num_rows == 0:
-        return
-    strategy = table.column("strategy").to_numpy(zero_copy_only=False)
-    ids = table.column("id").to_numpy(zero_copy_only=False)
-    scores = table.column("score").to_numpy()
-    cls = table.column("predicted_class").to_numpy()
-    prob = table.column("predicted_prob").to_numpy()
-    for name, top in tops.items():
-        rows = strategy == name
-        if rows.any():
-            top.update(ids[rows], scores[rows],
-                       {"predicted_class": cls[rows], "predicted_prob": prob[rows]})
-
-
-def _merge_scores(scores_dir: str, score: ScoreConfig) -> dict[str, TopK]:
-    """The exact top-k per strategy of a written ``--scores-out`` directory."""
-    tops = _new_tops(score)
-    for shard in io.pool_shards(scores_dir):
-        for batch in io.iter_batches(shard):
-            _absorb(tops, pa.Table.from_batches([batch]))
-    return tops
-
-
 def _run(plan: dict, use_ray: bool, address: str | None, progress: Progress | None
-         ) -> dict[str, TopK]:
+         ) -> QueryMerger:
     return _score_ray(plan, address, progress) if use_ray else _score_local(plan, progress)
 
 
-def _score_local(plan: dict, progress: Progress | None) -> dict[str, TopK]:
+def _score_local(plan: dict, progress: Progress | None) -> QueryMerger:
     score: ScoreConfig = plan["score"]
     scorer = BatchScorer(plan["checkpoint"], score.to_dict(), plan["pool"].to_dict(),
-                         plan["dims"], exclude=plan["exclude"], keep_all=plan["keep_all"])
+                         plan["dims"], exclude=plan["exclude"], keep_all=plan["keep_all"],
+                         carry=plan["carry"])
     n_written = 0
-    tops, done = _new_tops(score), 0
+    merger, done = QueryMerger(score, plan["carry"]), 0
     for shard in plan["shards"]:
         for batch in io.iter_batches(shard, plan["columns"], score.batch_size):
             try:
@@ -167,25 +146,20 @@ def _score_local(plan: dict, progress: Progress | None) -> dict[str, TopK]:
                 io.write_shard(out, plan["scores_dir"], n_written)
                 n_written += 1
             else:
-                _absorb(tops, out)
+                merger.absorb(out)
             done += batch.num_rows
             if progress:
                 progress(done, plan["total"])
-    return tops
+    return merger
 
 
 def _score_ray(plan: dict, address: str | None, progress: Progress | None
-               ) -> dict[str, TopK]:
+               ) -> QueryMerger:
     import ray
     import ray.data
 
     score: ScoreConfig = plan["score"]
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, ignore_reinit_error=True,
-                     log_to_driver=False)
+    ensure_ray(address)
     exclude = plan["exclude"]
     if len(exclude) > PUT_THRESHOLD:
         exclude = ray.put(exclude)
@@ -195,10 +169,10 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
               "score": score.to_dict(), "pool": plan["pool"].to_dict(),
               "dims": plan["dims"], "exclude": exclude, "num_threads": threads,
               "device": "cuda" if score.num_gpus_per_actor > 0 else "cpu",
-              "keep_all": plan["keep_all"]}
+              "keep_all": plan["keep_all"], "carry": plan["carry"]}
     paths = [s.path for s in plan["shards"]]
     fs = plan["shards"][0].fs
-    tops = _new_tops(score)
+    merger = QueryMerger(score, plan["carry"])
     try:
         ds = ray.data.read_parquet(paths, filesystem=fs)
         ds = ds.select_columns(plan["columns"])
@@ -209,15 +183,15 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
         if plan["keep_all"]:
             out = plan["scores_dir"]
             ds.write_parquet(out.path, filesystem=out.fs)
-            return tops
+            return merger
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            _absorb(tops, batch if isinstance(batch, pa.Table)
+            merger.absorb(batch if isinstance(batch, pa.Table)
                     else pa.Table.from_batches([batch]))
     except Exception as exc:  # Ray wraps errors from read tasks and actors
         raise _unwrap(exc, plan["shards"]) from None
     if progress:
         progress(plan["total"], plan["total"])
-    return tops
+    return merger
 
 
 def _unwrap(exc: Exception, shards) -> Exception:
@@ -252,20 +226,6 @@ def _root_error(text: str) -> str:
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else text
-
-
-def _query_table(name: str, top: TopK, id_type: pa.DataType) -> pa.Table:
-    rows = top.result()
-    n = len(rows["id"])
-    return pa.table({
-        "id": pa.array(rows["id"], id_type),
-        "score": pa.array(rows["score"], pa.float64()),
-        "rank": pa.array(rows["rank"], pa.int64()),
-        "predicted_class": pa.array(rows.get("predicted_class", np.zeros(0, np.int64)),
-                                    pa.int64()),
-        "predicted_prob": pa.array(rows.get("predicted_prob", np.zeros(0)), pa.float64()),
-        "strategy": pa.array([name] * n, pa.string()),
-    })
 
 
 def write_query(tables: dict[str, pa.Table], out: str, step: int = 0) -> pa.Table:

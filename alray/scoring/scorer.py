@@ -37,12 +37,13 @@ class BatchScorer:
     ``PoolConfig.to_dict()``. dims: modality -> embedding dim. exclude: sorted array of
     ids never to return (or a Ray ObjectRef to one). num_threads: torch threads (set
     it to the CPUs the actor was given). device: "cpu" or "cuda". keep_all: return every
-    row's score (for ``--scores-out``) instead of the batch's top-k.
+    row's score (for ``--scores-out``) instead of the batch's top-k. carry: append the
+    candidates' pool columns (embeddings, label) to the output.
     """
 
     def __init__(self, checkpoint: str, score: Mapping, pool: Mapping, dims: Mapping,
                  exclude=None, num_threads: int | None = None, device: str = "cpu",
-                 keep_all: bool = False):
+                 keep_all: bool = False, carry: bool = False):
         import torch
 
         from alray.model import MCDropout, load_checkpoint
@@ -56,6 +57,7 @@ class BatchScorer:
         self.exclude = (np.zeros(0, np.int64) if exclude is None
                         else np.asarray(exclude))
         self.keep_all = keep_all
+        self.carry = carry
         self.score = ScoreConfig.from_dict(score)
         self.pool = PoolConfig.from_dict(pool)
         self.dims = dict(dims)
@@ -78,8 +80,11 @@ class BatchScorer:
         keep = mask_excluded(data.ids, self.exclude)
         if not keep.all():
             data = data.take(keep)
+            if self.carry:
+                batch = batch.filter(pa.array(keep))
         if len(data) == 0:
-            return output_schema(id_type).empty_table()
+            empty = output_schema(id_type).empty_table()
+            return self._append_carried(empty, batch, np.zeros(0, np.int64)) if self.carry else empty
         head = self.score.head
         with torch.inference_mode():
             feats, pres = as_tensors(data.features, data.present, self.device)
@@ -107,17 +112,29 @@ class BatchScorer:
         inputs["seed"] = self.score.seed
         predicted = probs.argmax(axis=1)
         extra = {"predicted_class": predicted.astype(np.int64),
-                 "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64)}
+                 "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64),
+                 "row": np.arange(len(data))}
         parts = []
         for name in self.score.strategies:
             scores = compute_scores(name, inputs)
             k = len(data) if self.keep_all else self.score.query_size
             top = select_top(data.ids, scores, k, extra)
-            parts.append(pa.table({
+            table = pa.table({
                 "strategy": pa.array([name] * len(top["id"]), pa.string()),
                 "id": pa.array(top["id"], id_type),
                 "score": pa.array(top["score"], pa.float64()),
                 "predicted_class": pa.array(top["predicted_class"], pa.int64()),
                 "predicted_prob": pa.array(top["predicted_prob"], pa.float64()),
-            }, schema=output_schema(id_type)))
+            }, schema=output_schema(id_type))
+            if self.carry:
+                table = self._append_carried(table, batch, top["row"])
+            parts.append(table)
         return pa.concat_tables(parts)
+
+    def _append_carried(self, table: pa.Table, batch: pa.Table, rows: np.ndarray) -> pa.Table:
+        names = [*self.pool.embedding_columns.values(), self.pool.label_column]
+        carried = batch.select([c for c in names if c in batch.column_names])
+        carried = carried.take(pa.array(rows, pa.int64()))
+        for field, column in zip(carried.schema, carried.columns):
+            table = table.append_column(field, column)
+        return table

@@ -1,0 +1,292 @@
+"""The active-learning round, step after step, resumable from its run directory.
+
+Step 0 trains the passive model on a seeded random initial set. Step s >= 1 scores the
+pool with the model of step s-1, queries the top posts, labels them (the pool's labels in
+simulation; assessors' answers, imported by ``alray labels import``, otherwise),
+fine-tunes on the whole labelled set and evaluates on the validation pool.
+
+Every step is a pure function of the committed state (weights, optimizer state,
+labelled set in a fixed order, step number, seed): a resumed run redoes an interrupted
+step bit for bit, so it ends with the labelled set and metrics of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from alray.config import ComputeConfig, LoopConfig
+from alray.errors import PoolExhaustedError, StateError
+from alray.loop.state import RunDir, RunState, labels_schema
+from alray.pool.arrays import PostArrays, arrays_from_table
+from alray.pool.schema import QUERY_COLUMNS
+
+Progress = Callable[[int, int, dict], None]  # (step, last step, metrics row)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How ``run_loop`` ended: finished | waiting_for_labels | pool_exhausted."""
+
+    status: str
+    step: int               # the last completed step
+    metrics: pa.Table | None
+    message: str = ""
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The fine-tuning seed of a step: distinct per step, fixed by the run's seed."""
+    return int(seed) * 1_000_003 + int(step)
+
+
+def run_loop(run: RunDir, compute: ComputeConfig = ComputeConfig(),
+             progress: Progress | None = None, steps: int | None = None) -> Outcome:
+    """Run (or resume) ``run`` up to ``steps`` (default: the frozen budget)."""
+    from alray.train.service import start_training
+
+    config = run.config
+    last = config.steps if steps is None else steps
+    service = start_training(
+        local=compute.local, workers=compute.train_workers,
+        use_gpu=compute.train_gpus_per_worker > 0,
+        cpus_per_worker=compute.train_cpus_per_worker, threads=compute.train_threads,
+        storage_path=str((run.path / "ray_train").resolve()), address=compute.address)
+    try:
+        session = Session(run, compute, service)
+        return session.advance(last, progress)
+    finally:
+        service.close()
+
+
+class Session:
+    """One process's work on a run: the labelled set and model kept in memory."""
+
+    def __init__(self, run: RunDir, compute: ComputeConfig, service):
+        from alray.pool.load import load_rows
+
+        self.run, self.config, self.compute, self.service = run, run.config, compute, service
+        self.dims = dict(self.config.model.modality_dims)
+        self.val = load_rows(self.config.val_uri, self.config.columns)
+        self.state = run.read_state()
+        self.weights, self.train_state = None, None
+        if self.state.step >= 0:
+            self._load_checkpoint(self.state.checkpoint)
+        self.data = self._load_labelled()
+
+    # --- the loop ----------------------------------------------------------------------
+    def advance(self, last: int, progress: Progress | None) -> Outcome:
+        self.last = last
+        if self.state.step < 0:
+            self._commit(0, self._initial_rows(), time.perf_counter(), 0.0, progress)
+        while self.state.step < last:
+            step, started = self.state.step + 1, time.perf_counter()
+            new_rows = self._rows_of(step)
+            score_s = 0.0
+            if new_rows is None:
+                if self.config.assessors and self.state.open_query == step:
+                    raise StateError(
+                        f"{self.run.path}: the query of step {step} waits for labels; "
+                        f"import them with `alray labels import {self.run.path} FILE`, "
+                        "then resume")
+                try:
+                    new_rows, score_s = self._query(step)
+                except PoolExhaustedError as exc:
+                    return self._outcome("pool_exhausted", str(exc))
+                if new_rows is None:  # assessors: the query is out, stop here
+                    return self._outcome(
+                        "waiting_for_labels",
+                        f"the query of step {step} is in {self.run.query_path(step, '.csv')}")
+            self._commit(step, new_rows, started, score_s, progress)
+        return self._outcome("finished")
+
+    def _outcome(self, status: str, message: str = "") -> Outcome:
+        metrics = self.run.read_metrics(up_to_step=self.state.step)
+        return Outcome(status, self.state.step, metrics, message)
+
+    def _rows_of(self, step: int) -> pa.Table | None:
+        """Label rows already written for ``step`` (assessors' answers, or an
+        interrupted simulated step), or None."""
+        table = self.run.read_labels()
+        if table is None:
+            return None
+        rows = table.filter(pc.equal(table.column("step"), step))
+        return rows if rows.num_rows else None
+
+    # --- step 0 -------------------------------------------------------------------------
+    def _initial_rows(self) -> pa.Table:
+        from alray.pool.load import load_rows, read_ids_and_labels, sample_labelled_ids
+
+        rows = self._rows_of(0)
+        if rows is None:
+            cfg = self.config
+            ids = sample_labelled_ids(cfg.pool_uri, cfg.columns, cfg.initial, cfg.seed)
+            pool_ids, pool_labels = read_ids_and_labels(cfg.pool_uri, cfg.columns)
+            order = np.argsort(pool_ids, kind="stable")
+            labels = pool_labels[order][np.searchsorted(pool_ids[order], ids)]
+            rows = self._label_rows(ids, labels, 0, "initial", pool_ids.dtype)
+            self._write_label_rows(0, rows)
+        labels = dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist()))
+        self.data = _in_order(load_rows(self.config.pool_uri, self.config.columns,
+                                        ids=np.asarray(list(labels)), labels=labels),
+                              rows.column("id").to_pylist())
+        return rows
+
+    # --- step s: score, query, label ----------------------------------------------------
+    def _query(self, step: int) -> tuple[pa.Table | None, float]:
+        from alray.scoring.pipeline import score_pool
+
+        cfg, started = self.config, time.perf_counter()
+        queries = score_pool(
+            cfg.pool_uri, str(self.run.path / self.state.checkpoint), cfg.score, cfg.columns,
+            exclude_ids=self._excluded(), use_ray=not self.compute.local,
+            address=self.compute.address, carry=True)
+        query = queries[cfg.strategy]
+        score_s = time.perf_counter() - started
+        sent = query.append_column("step", pa.array([step] * query.num_rows, pa.int64()))
+        self.run.write_query(sent.select(list(QUERY_COLUMNS)), step, csv=cfg.assessors)
+        if cfg.assessors:
+            self.state = RunState(self.state.step, self.state.checkpoint, open_query=step)
+            self.run.write_state(self.state)
+            return None, score_s
+        label_col = cfg.columns.label_column
+        labels = (query.column(label_col).to_pylist() if label_col in query.column_names
+                  else [None] * query.num_rows)
+        ids = query.column("id")
+        rows = pa.table({
+            "id": ids, "label": pa.array(labels, pa.int64()),
+            "step": pa.array([step] * query.num_rows, pa.int64()),
+            "source": pa.array(["oracle" if v is not None else "skipped" for v in labels]),
+        }, schema=labels_schema(ids.type))
+        self._write_label_rows(step, rows)
+        self._append_data(query, rows)
+        return rows, score_s
+
+    def _excluded(self) -> np.ndarray:
+        """Every id in the labels table (labelled or skipped), plus, with assessors, the
+        pool's own labelled posts (nobody needs to label them again)."""
+        from alray.pool.load import read_ids_and_labels
+
+        table = self.run.read_labels(up_to_step=self.state.step)
+        ids = table.column("id").to_numpy(zero_copy_only=False)
+        if self.config.assessors:
+            pool_ids, pool_labels = read_ids_and_labels(self.config.pool_uri, self.config.columns)
+            ids = np.concatenate([ids, pool_ids[pool_labels >= 0]])
+        return ids
+
+    def _append_data(self, query: pa.Table, rows: pa.Table) -> None:
+        cols = self.config.columns
+        table = query.rename_columns([cols.id_column if n == "id" else n
+                                      for n in query.column_names])
+        if cols.label_column in table.column_names:
+            table = table.drop_columns([cols.label_column])
+        table = table.append_column(cols.label_column, rows.column("label"))
+        new = arrays_from_table(table, cols, self.dims)
+        self.data = PostArrays.concat([self.data, new.take(new.labels >= 0)])
+
+    # --- fine-tune, evaluate, commit ---------------------------------------------------
+    def _commit(self, step: int, new_rows: pa.Table, started: float, score_s: float,
+                progress: Progress | None) -> None:
+        from alray.train import evaluate
+
+        train_started = time.perf_counter()
+        reply = self.service.run(self._request(step))
+        train_s = time.perf_counter() - train_started
+        model = self._model(reply["weights"])
+        eval_started = time.perf_counter()
+        scores = evaluate(model, self.val)
+        eval_s = time.perf_counter() - eval_started
+        checkpoint = self.run.checkpoint_dir(step)
+        from alray.model import save_checkpoint
+        save_checkpoint(self.run.path / checkpoint, model, self.config.model,
+                        extra={"step": step, "labelled": len(self.data)},
+                        train_state=reply["train_state"])
+        row = self._metrics_row(step, new_rows, scores, score_s, train_s, eval_s, started)
+        self._write_metrics_row(step, row)
+        self.weights, self.train_state = reply["weights"], reply["train_state"]
+        self.state = RunState(step=step, checkpoint=checkpoint, open_query=None)
+        self.run.write_state(self.state)
+        self.run.prune_checkpoints({self.run.checkpoint_dir(0), checkpoint})
+        if progress is not None:
+            progress(step, self.last, row)
+
+    def _request(self, step: int) -> dict:
+        cfg = self.config
+        return {"op": "fit" if step == 0 else "fine_tune", "model": cfg.model.to_dict(),
+                "train": cfg.train.to_dict(), "weights": self.weights,
+                "train_state": self.train_state, "data": self.data,
+                "step_seed": step_seed(cfg.seed, step)}
+
+    def _model(self, weights):
+        from alray.model import FusionNet
+
+        model = FusionNet(self.config.model)
+        model.load_state_dict(weights)
+        return model.eval()
+
+    def _metrics_row(self, step, new_rows, scores, score_s, train_s, eval_s, started) -> dict:
+        sources = new_rows.column("source").to_pylist()
+        row = {"step": step, "labelled": len(self.data),
+               "queried": 0 if step == 0 else len(sources),
+               "skipped": sources.count("skipped")}
+        for head, values in scores.items():
+            for name in ("accuracy", "macro_f1", "balanced_accuracy"):
+                row[f"{head}_{name}"] = float(values[name])
+        row.update(score_s=score_s, train_s=train_s, eval_s=eval_s,
+                   step_s=time.perf_counter() - started)
+        return row
+
+    # --- files --------------------------------------------------------------------------
+    def _write_label_rows(self, step: int, rows: pa.Table) -> None:
+        old = self.run.read_labels(up_to_step=step - 1)
+        self.run.write_labels(rows if old is None else pa.concat_tables([old, rows]))
+
+    def _write_metrics_row(self, step: int, row: dict) -> None:
+        old = self.run.read_metrics(up_to_step=step - 1)
+        new = pa.Table.from_pylist([row])
+        self.run.write_metrics(new if old is None else pa.concat_tables([old, new]))
+
+    def _load_checkpoint(self, checkpoint: str | None) -> None:
+        from alray.model import load_checkpoint, load_train_state
+
+        path = self.run.path / (checkpoint or "")
+        if not checkpoint or not path.exists():
+            raise StateError(f"{self.run.path / 'state.json'}: its checkpoint "
+                             f"{checkpoint!r} is missing")
+        model, _, _ = load_checkpoint(path)
+        self.weights = model.state_dict()
+        self.train_state = load_train_state(path)
+
+    def _load_labelled(self) -> PostArrays | None:
+        """The labelled set, in the labels table's order (training shuffles positions,
+        so the order is part of what makes a resumed step equal an uninterrupted one)."""
+        from alray.pool.load import load_rows
+
+        table = self.run.read_labels()
+        if table is None or self.state.step < 0:
+            return None
+        table = table.filter(pc.is_valid(table.column("label")))
+        labels = dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist()))
+        data = load_rows(self.config.pool_uri, self.config.columns,
+                         ids=np.asarray(list(labels)), labels=labels)
+        return _in_order(data, table.column("id").to_pylist())
+
+    @staticmethod
+    def _label_rows(ids, labels, step: int, source: str, id_dtype) -> pa.Table:
+        id_type = pa.from_numpy_dtype(id_dtype) if id_dtype != object else pa.string()
+        return pa.table({"id": pa.array(ids, id_type), "label": pa.array(labels, pa.int64()),
+                         "step": pa.array([step] * len(ids), pa.int64()),
+                         "source": pa.array([source] * len(ids), pa.string())},
+                        schema=labels_schema(id_type))
+
+
+def _in_order(data: PostArrays, ids: list) -> PostArrays:
+    """``data``'s rows reordered to follow ``ids``."""
+    position = {value: i for i, value in enumerate(data.ids.tolist())}
+    return data.take(np.array([position[i] for i in ids], dtype=np.int64))
+
+
+__all__ = ["Outcome", "Session", "run_loop", "step_seed"]

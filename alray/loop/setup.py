@@ -1,0 +1,118 @@
+"""Starting and reopening runs: the model shape from the pool, the bad-input checks, the
+frozen config and the pool fingerprints."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from alray.config import STUDY_BRANCH_WIDTHS, LoopConfig
+from alray.errors import ConfigError, EmptyPoolError, LabelsError, StateError
+from alray.loop.state import RunDir
+from alray.pool import io
+
+
+def shape_model(config: LoopConfig, n_classes: int | None = None) -> LoopConfig:
+    """``config`` with the model's input dims read from the pool and its class count
+    (given, or one more than the largest label of the pool and the validation pool)."""
+    from alray.pool.load import read_ids_and_labels
+    from alray.pool.schema import infer_dims
+
+    dims = infer_dims(config.pool_uri, config.columns)
+    if n_classes is None:
+        _, pool_labels = read_ids_and_labels(config.pool_uri, config.columns)
+        _, val_labels = read_ids_and_labels(config.val_uri, config.columns)
+        n_classes = int(max(pool_labels.max(initial=-1), val_labels.max(initial=-1))) + 1
+        if n_classes < 2:
+            raise LabelsError(f"{config.pool_uri}, {config.val_uri}: cannot infer the class "
+                              "count from the labels; give --classes")
+    # the study's widths for its modalities; two blocks of 256 for any other modality
+    widths = {m: STUDY_BRANCH_WIDTHS.get(m, (256, 256)) for m in dims}
+    model = config.model.replace(modality_dims=dims, branch_widths=widths, n_classes=n_classes)
+    return config.replace(model=model)
+
+
+def check_inputs(config: LoopConfig) -> None:
+    """Every bad input a new run can have, found before any work starts."""
+    from alray.pool.load import read_ids_and_labels
+
+    pool_ids, pool_labels = read_ids_and_labels(config.pool_uri, config.columns)
+    _, val_labels = read_ids_and_labels(config.val_uri, config.columns)
+    n_classes, problems = config.model.n_classes, []
+    labelled = int((pool_labels >= 0).sum())
+    if config.initial > labelled:
+        raise EmptyPoolError(f"{config.pool_uri}: an initial set of {config.initial:,} asked, "
+                             f"the pool has {labelled:,} labelled posts")
+    if config.initial + config.query_size > len(pool_ids):
+        raise EmptyPoolError(f"{config.pool_uri}: initial set {config.initial:,} + query "
+                             f"{config.query_size:,} is larger than the pool's "
+                             f"{len(pool_ids):,} posts")
+    if (val_labels < 0).all():
+        raise LabelsError(f"{config.val_uri}: the validation pool has no labels")
+    if (pool_labels >= n_classes).any() or (val_labels >= n_classes).any():
+        top = int(max(pool_labels.max(), val_labels.max()))
+        problems.append(f"label {top} is out of range for {n_classes} classes "
+                        "(--classes)")
+    if not config.assessors:
+        unseen = sorted(set(np.unique(val_labels[val_labels >= 0]).tolist())
+                        - set(np.unique(pool_labels[pool_labels >= 0]).tolist()))
+        if unseen:
+            problems.append(f"{config.val_uri}: the validation pool has classes the pool "
+                            f"never has: {', '.join(map(str, unseen[:20]))}"
+                            + (f" and {len(unseen) - 20} more" if len(unseen) > 20 else ""))
+    if problems:
+        raise LabelsError(problems[0], problems)
+
+
+def fingerprints(config: LoopConfig) -> dict:
+    return {"pool": io.fingerprint(config.pool_uri), "val": io.fingerprint(config.val_uri)}
+
+
+def new_run(run_dir: str | os.PathLike, config: LoopConfig) -> RunDir:
+    """Check the inputs and create the run directory with the frozen config."""
+    check_inputs(config)
+    return RunDir.create(run_dir, config, fingerprints(config))
+
+
+def reopen_run(run_dir: str | os.PathLike, overrides: dict | None = None,
+               allow_pool_change: bool = False) -> RunDir:
+    """Open a run to resume it. ``overrides``: options the user gave again (dotted
+    config keys); any that differs from the frozen config is refused."""
+    run = RunDir.open(run_dir)
+    if overrides:
+        run.check_config(apply_overrides(run.config, overrides))
+    changes = _pool_changes(run)
+    if changes and not allow_pool_change:
+        raise StateError(f"{run.path}: the pool changed since the run started",
+                         [f"{run.path}: the pool or validation pool changed since the run "
+                          "started; pass --allow-pool-change to continue on the new files:"]
+                         + [f"  {c}" for c in changes])
+    if changes:
+        run.meta = {**run.meta, "fingerprints": fingerprints(run.config),
+                    "pool_changes": run.meta.get("pool_changes", []) + [changes]}
+        io.write_json(run.path / "run.json", run.meta)
+    return run
+
+
+def _pool_changes(run: RunDir) -> list[str]:
+    old = run.meta.get("fingerprints", {})
+    new = fingerprints(run.config)
+    changes = []
+    for name in ("pool", "val"):
+        uri = getattr(run.config, f"{name}_uri")
+        changes += [f"{uri}: {c}" for c in io.fingerprint_changes(old.get(name, []), new[name])]
+    return changes
+
+
+def apply_overrides(config: LoopConfig, overrides: dict) -> LoopConfig:
+    """``config`` with dotted keys (``train.freeze_batchnorm``) replaced."""
+    data = config.to_dict()
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"unknown loop option {key!r}")
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return LoopConfig.from_dict(data)

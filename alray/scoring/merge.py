@@ -1,0 +1,95 @@
+"""The driver's side of scoring: merge ``BatchScorer`` outputs into one query per strategy.
+
+With ``carry``, the scorer also returns the pool columns (embeddings, label) of its
+candidates; the merger keeps them for the current top-k only, so the loop gets the
+query's rows without a second pass over the pool.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from alray.config import ScoreConfig
+from alray.pool import io
+from alray.scoring.scorer import OUTPUT_COLUMNS
+from alray.scoring.topk import TopK
+
+SLOT = "_slot"  # row of a candidate in the carried-columns stash
+
+
+class QueryMerger:
+    """Running exact top-k per strategy over scorer output tables (any order)."""
+
+    def __init__(self, score: ScoreConfig, carry: bool = False):
+        self.score = score
+        self.tops = {name: TopK(score.query_size) for name in score.strategies}
+        self.carry = carry
+        self.stash: pa.Table | None = None
+
+    def absorb(self, table: pa.Table) -> None:
+        """Add one scorer output table (rows of several strategies)."""
+        if table.num_rows == 0:
+            return
+        strategy = table.column("strategy").to_numpy(zero_copy_only=False)
+        ids = table.column("id").to_numpy(zero_copy_only=False)
+        extra = {"predicted_class": table.column("predicted_class").to_numpy(),
+                 "predicted_prob": table.column("predicted_prob").to_numpy()}
+        if self.carry:
+            extra[SLOT] = self._stash(table)
+        scores = table.column("score").to_numpy()
+        for name, top in self.tops.items():
+            rows = strategy == name
+            if rows.any():
+                top.update(ids[rows], scores[rows], {k: v[rows] for k, v in extra.items()})
+        if self.carry and self.stash.num_rows > 4 * sum(t.k for t in self.tops.values()) + 4096:
+            self._compact()
+
+    def _stash(self, table: pa.Table) -> np.ndarray:
+        carried = table.drop_columns(list(OUTPUT_COLUMNS))
+        start = 0 if self.stash is None else self.stash.num_rows
+        self.stash = carried if self.stash is None else pa.concat_tables([self.stash, carried])
+        return np.arange(start, start + table.num_rows, dtype=np.int64)
+
+    def _compact(self) -> None:
+        """Keep only the stash rows some strategy's top-k still points at."""
+        results = {name: top.result() for name, top in self.tops.items()}
+        used = np.unique(np.concatenate([r[SLOT] for r in results.values()]))
+        self.stash = self.stash.take(pa.array(used)).combine_chunks()
+        for name, rows in results.items():
+            top = TopK(self.score.query_size)
+            rows.pop("rank")
+            rows[SLOT] = np.searchsorted(used, rows[SLOT])
+            top.update(rows.pop("id"), rows.pop("score"), rows)
+            self.tops[name] = top
+
+    def queries(self, id_type: pa.DataType) -> dict[str, pa.Table]:
+        """strategy -> (id, score, rank, predicted_class, predicted_prob, strategy
+        [, carried pool columns]), best first."""
+        return {name: self._query_table(name, top, id_type) for name, top in self.tops.items()}
+
+    def _query_table(self, name: str, top: TopK, id_type: pa.DataType) -> pa.Table:
+        rows = top.result()
+        n = len(rows["id"])
+        table = pa.table({
+            "id": pa.array(rows["id"], id_type),
+            "score": pa.array(rows["score"], pa.float64()),
+            "rank": pa.array(rows["rank"], pa.int64()),
+            "predicted_class": pa.array(rows.get("predicted_class", np.zeros(0, np.int64)),
+                                        pa.int64()),
+            "predicted_prob": pa.array(rows.get("predicted_prob", np.zeros(0)), pa.float64()),
+            "strategy": pa.array([name] * n, pa.string()),
+        })
+        if self.carry and self.stash is not None:
+            carried = self.stash.take(pa.array(rows[SLOT], pa.int64()))
+            for field, column in zip(carried.schema, carried.columns):
+                table = table.append_column(field, column)
+        return table
+
+
+def merge_scores(scores_dir, score: ScoreConfig) -> QueryMerger:
+    """The exact top-k per strategy of a written ``--scores-out`` directory."""
+    merger = QueryMerger(score)
+    for shard in io.pool_shards(scores_dir):
+        for batch in io.iter_batches(shard):
+            merger.absorb(pa.Table.from_batches([batch]))
+    return merger
