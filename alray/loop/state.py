@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,14 +74,22 @@ class RunDir:
                                  "it, or choose another --run-dir")
             raise StateError(f"{path} is not empty and holds no run; choose an empty or "
                              "new --run-dir")
-        (path / "queries").mkdir(parents=True, exist_ok=True)
-        (path / "checkpoints").mkdir(exist_ok=True)
         meta = {"format": FORMAT, "version": VERSION, "alray": __version__,
                 "config": config.to_dict(), "fingerprints": fingerprints}
-        run = cls(path, meta)
-        run.write_state(RunState())
-        io.write_json(path / "run.json", meta)  # last: a run exists once this is in place
-        return run
+        # built aside and renamed into place: a kill leaves either no run or a whole one
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            (tmp / "queries").mkdir()
+            (tmp / "checkpoints").mkdir()
+            cls(tmp, meta).write_state(RunState())
+            io.write_json(tmp / "run.json", meta)
+            if path.exists():
+                path.rmdir()  # empty, checked above
+            os.rename(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls(path, meta)
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
@@ -98,9 +107,20 @@ class RunDir:
                              f" (written by alray {meta.get('alray')}); this alray "
                              f"{__version__} reads version {VERSION}")
         try:
-            return cls(path, meta)
+            run = cls(path, meta)
         except (ConfigError, TypeError) as exc:
             raise StateError(f"{path / 'run.json'}: corrupt frozen config: {exc}") from None
+        run.remove_leftovers()
+        return run
+
+    def remove_leftovers(self) -> None:
+        """Delete temporary files a killed write left behind (never a committed file)."""
+        for folder in (self.path, self.path / "queries", self.path / "checkpoints"):
+            for entry in [*folder.glob(".*.tmp*"), *folder.glob(".*.old")]:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
     def check_config(self, asked: LoopConfig) -> None:
         """Refuse to resume with options that differ from the frozen ones."""
@@ -155,6 +175,7 @@ class RunDir:
         io.write_table(table, self.query_path(step))
         if csv:
             tmp = self.query_path(step, ".csv.tmp")
+            tmp = tmp.with_name(f".{tmp.name}")
             pacsv.write_csv(table, tmp)
             os.replace(tmp, self.query_path(step, ".csv"))
 
