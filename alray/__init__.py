@@ -14,6 +14,7 @@ _EXPORTS = {
     # configuration and errors
     "PoolConfig": "alray.config", "ModelConfig": "alray.config", "TrainConfig": "alray.config",
     "ScoreConfig": "alray.config", "GeneratorConfig": "alray.config",
+    "LoopConfig": "alray.config", "ComputeConfig": "alray.config",
     "AlrayError": "alray.errors", "ConfigError": "alray.errors",
     "PoolSchemaError": "alray.errors", "EmptyPoolError": "alray.errors",
     "PoolExhaustedError": "alray.errors", "LabelsError": "alray.errors",
@@ -28,7 +29,10 @@ _EXPORTS = {
     "adaptive_batch_size": "alray.train",
     # acquisition
     "compute_scores": "alray.acquisition", "STRATEGY_NAMES": "alray.acquisition",
-    "TopK": "alray.scoring.topk",
+    "TopK": "alray.scoring.topk", "score_pool": "alray.scoring.pipeline",
+    # the loop
+    "RunDir": "alray.loop", "new_run": "alray.loop", "reopen_run": "alray.loop",
+    "run_loop": "alray.loop", "import_labels": "alray.loop",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -87,6 +87,10 @@ class Progress:
 @click.version_option(package_name="alray")
 def main() -> None:
     """alray: active learning on Ray - which posts should assessors label next."""
+    import os
+    # Ray Data logs every dataset's plan at INFO on the console; keep that in its log file
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG",
+                          os.path.join(os.path.dirname(__file__), "ray_data_logging.yaml"))
 
 
 @main.command()
@@ -278,8 +282,9 @@ def _run_training(pool_uri, val_uri, config, out, classes, epochs, heads, seed, 
 @click.option("--out", default="data/demo", show_default=True, help="Folder for the demo's files.")
 @click.option("--rows", type=int, default=250_000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--loop-steps", type=int, default=5, show_default=True)
 @friendly_errors
-def demo(out, rows, seed):
+def demo(out, rows, seed, loop_steps):
     """The main job end to end on the embedded default: generate, validate, train, score."""
     import time
     started = time.perf_counter()
@@ -305,6 +310,15 @@ def demo(out, rows, seed):
                             num_cpus_per_actor=0.5)
     _run_scoring(result["pool"], f"{out}/passive.ckpt", score_cfg, PoolConfig(), labelled,
                  True, None, f"{out}/query.parquet", 0, show=5)
+    click.echo(f"== 5. a short simulated active-learning loop (margin, {loop_steps} steps of 20 "
+               "posts): Ray Data scoring, a long-lived Ray Train worker fine-tuning")
+    import shutil
+    from alray.cli_loop import invoke_loop
+    shutil.rmtree(f"{out}/run-margin", ignore_errors=True)  # the pool was just regenerated
+    invoke_loop(["--pool", result["pool"], "--val", result["val"], "--run-dir",
+                 f"{out}/run-margin", "--initial", str(initial),
+                 "--steps", str(loop_steps), "--seed", str(seed), "--classes",
+                 str(cfg.classes)])
     click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
 
 
@@ -377,3 +391,4 @@ if __name__ == "__main__":
 
 # the loop's commands live in their own module; importing it registers them on ``main``
 from alray import cli_loop  # noqa: E402,F401
+from alray import cli_sweep  # noqa: E402,F401

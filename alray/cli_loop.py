@@ -136,11 +136,20 @@ def _compute(p: dict) -> ComputeConfig:
 @click.pass_context
 def loop(ctx, **p):
     """Run the active-learning loop (simulation, or --assessors), resumable at any point."""
+    start_or_resume(p, _explicit(ctx))
+
+
+def invoke_loop(args: list[str]):
+    """Run ``alray loop ARGS`` from Python (the demo's tour); returns the outcome."""
+    with loop.make_context("loop", list(args)) as ctx:
+        return start_or_resume(ctx.params, _explicit(ctx))
+
+
+def start_or_resume(p: dict, given: set[str]):
     from alray.loop.run import run_loop
     from alray.loop.setup import new_run, reopen_run, shape_model
     from alray.loop.state import RunDir
 
-    given = _explicit(ctx)
     resume = p["resume"] or (p["resume_if_exists"] and RunDir.exists(p["run_dir"]))
     if resume:
         run = reopen_run(p["run_dir"], _overrides(p, given), p["allow_pool_change"])
@@ -151,6 +160,7 @@ def loop(ctx, **p):
     steps = p["steps"] if "steps" in given or not resume else run.config.steps
     outcome = _run_with_bar(run, _compute(p), steps, run_loop)
     _report(run, outcome)
+    return outcome
 
 
 def _compute_score(frozen: ScoreConfig, p: dict) -> ScoreConfig:
@@ -161,6 +171,10 @@ def _compute_score(frozen: ScoreConfig, p: dict) -> ScoreConfig:
 
 
 def _run_with_bar(run, compute, steps, run_loop):
+    if not compute.local:
+        import ray.data
+        # one bar per step is ours; Ray Data's per-dataset bars would scroll over it
+        ray.data.DataContext.get_current().enable_progress_bars = False
     bar = Progress(total=steps + 1, desc=f"loop {run.config.strategy}", unit="step")
     done = run.read_state().step + 1
     bar.to(done)
@@ -174,8 +188,13 @@ def _run_with_bar(run, compute, steps, run_loop):
 
 
 def _report(run, outcome) -> None:
+    from alray.report import plot_run
+
     metrics = outcome.metrics
     if metrics is not None and metrics.num_rows:
+        curve = plot_run(metrics, run.path / "curve.png",
+                         f"{run.config.strategy}, seed {run.config.seed}")
+        click.echo(f"learning curve: {curve}")
         rows = metrics.to_pylist()
         every = max(1, len(rows) // 10)
         click.echo("step  labelled  fused acc  macro-F1")

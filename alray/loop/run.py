@@ -50,11 +50,13 @@ def run_loop(run: RunDir, compute: ComputeConfig = ComputeConfig(),
 
     config = run.config
     last = config.steps if steps is None else steps
+    resources = ({} if compute.train_cpus_per_worker is None
+                 else {"cpus_per_worker": compute.train_cpus_per_worker})
     service = start_training(
         local=compute.local, workers=compute.train_workers,
-        use_gpu=compute.train_gpus_per_worker > 0,
-        cpus_per_worker=compute.train_cpus_per_worker, threads=compute.train_threads,
-        storage_path=str((run.path / "ray_train").resolve()), address=compute.address)
+        use_gpu=compute.train_gpus_per_worker > 0, threads=compute.train_threads,
+        storage_path=str((run.path / "ray_train").resolve()), address=compute.address,
+        **resources)
     try:
         session = Session(run, compute, service)
         return session.advance(last, progress)

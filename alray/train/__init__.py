@@ -1,10 +1,14 @@
-"""Training and fine-tuning in plain torch (``core``); the Ray Train wrapper builds on it."""
+"""Training and fine-tuning in plain torch (``core``); one request at a time in-process or
+on a long-lived Ray Train worker group (``worker``, ``service``; Ray imported on use)."""
 from alray.train.core import (
     Trainer, adaptive_batch_size, classification_metrics, confusion_matrix, epoch_batches,
     evaluate, fine_tune, fit, predict_loss, predict_probs, set_train_mode)
+from alray.train.service import LocalTraining, RayTraining, start_training
+from alray.train.worker import new_request, run_request
 
 __all__ = [
-    "Trainer", "adaptive_batch_size", "classification_metrics", "confusion_matrix",
-    "epoch_batches", "evaluate", "fine_tune", "fit", "predict_loss", "predict_probs",
-    "set_train_mode",
+    "LocalTraining", "RayTraining", "Trainer", "adaptive_batch_size",
+    "classification_metrics", "confusion_matrix", "epoch_batches", "evaluate", "fine_tune",
+    "fit", "new_request", "predict_loss", "predict_probs", "run_request", "set_train_mode",
+    "start_training",
 ]

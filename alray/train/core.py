@@ -155,7 +155,11 @@ def _check_labels(data: PostArrays, n_classes: int, purpose: str = "train") -> N
 
 
 def _train(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: int,
-           seed: int, freeze_bn: bool, progress: Progress | None) -> list[dict]:
+           seed: int, freeze_bn: bool, progress: Progress | None,
+           parallel=None) -> list[dict]:
+    """``parallel``: None (one process) or a data-parallel rank with ``shard(idx)``,
+    ``average_gradients(params, rows, batch)`` and ``sum_metrics(sums, counts)``
+    (``alray.train.worker.DataParallel``)."""
     model = trainer.model
     _check_labels(data, model.config.n_classes)
     features, present = as_tensors(data.features, data.present)  # CPU, zero-copy
@@ -172,7 +176,7 @@ def _train(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: int,
             for epoch in range(epochs):
                 order = torch.randperm(len(data), generator=shuffle)
                 record = _epoch(trainer, features, present, labels, order, sizes,
-                                train, device)
+                                train, device, parallel)
                 record["epoch"] = epoch + 1
                 history.append(record)
                 if progress is not None:
@@ -183,15 +187,21 @@ def _train(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: int,
 
 
 def _epoch(trainer: Trainer, features, present, labels, order, sizes, train: TrainConfig,
-           device) -> dict:
+           device, parallel=None) -> dict:
     """One pass; returns ``loss`` (row-weighted mean total), ``heads`` (mean CE per
-    head), ``ranking_loss`` (learning-loss models), ``batch_sizes``, ``seconds``."""
+    head), ``ranking_loss`` (learning-loss models), ``batch_sizes``, ``seconds``.
+    With ``parallel`` this rank trains on its slice of each batch, gradients are
+    averaged over ranks and the record covers every rank's rows."""
     model, start, t0 = trainer.model, 0, time.perf_counter()
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     for size in sizes:
         idx = order[start:start + size]
         start += size
+        if parallel is not None:
+            idx = parallel.shard(idx)
+        rows = len(idx)  # == size in one process
         feats = {m: f.index_select(0, idx).to(device) for m, f in features.items()}
         pres = {m: p.index_select(0, idx).to(device) for m, p in present.items()}
         y = labels.index_select(0, idx).to(device)
@@ -208,11 +218,15 @@ def _epoch(trainer: Trainer, features, present, labels, order, sizes, train: Tra
             parts["ranking_loss"] = rank.detach()
         trainer.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if parallel is not None:
+            parallel.average_gradients(params, rows, size)
         trainer.optimizer.step()
         parts["loss"] = total.detach()
         for key, value in parts.items():  # batch-size-weighted sums, one sync per epoch
-            sums[key] = sums.get(key, 0.0) + value * size
-            counts[key] = counts.get(key, 0) + size
+            sums[key] = sums.get(key, 0.0) + value * rows
+            counts[key] = counts.get(key, 0) + rows
+    if parallel is not None:
+        parallel.sum_metrics(sums, counts)
     means = {k: float(v) / counts[k] for k, v in sums.items()}
     record = {"loss": means.pop("loss"),
               "heads": {k[5:]: v for k, v in means.items() if k.startswith("head:")},
