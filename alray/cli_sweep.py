@@ -1,0 +1,169 @@
+"""``alray sweep`` (Ray Tune grids) and ``alray report`` (curves, intervals, savings).
+
+A sweep comes from a YAML file (``jobs/configs/*.yaml``) and/or options; options win.
+Any loop option is ``--set KEY=VALUE`` (dotted ``LoopConfig`` keys, e.g.
+``--set train.epochs=45``) and any list of values to grid over is ``--grid KEY=V1,V2``.
+``--smoke`` shrinks the experiment to its ``smoke:`` section on a small generated pool.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from alray.cli import friendly_errors, main
+from alray.config import GeneratorConfig, LoopConfig, ScoreConfig, SweepConfig, TrainConfig
+from alray.errors import ConfigError
+
+FILE_KEYS = {"description", "pool", "val", "strategies", "seeds", "steps", "set", "grid",
+             "cpus_per_trial", "gpus_per_trial", "max_concurrent", "smoke"}
+SMOKE_KEYS = {"rows", "steps", "seeds", "set", "strategies"}
+
+
+def read_experiment(path: str | Path) -> dict:
+    """A shipped experiment file as a dict, its keys checked."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read experiment file: {exc}") from None
+    unknown = sorted(set(data) - FILE_KEYS) + sorted(
+        f"smoke.{k}" for k in set(data.get("smoke") or {}) - SMOKE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(sorted(FILE_KEYS))}")
+    return data
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``0-4`` or ``0,1,7`` (or a YAML list) -> a tuple of ints."""
+    if isinstance(text, (list, tuple)):
+        return tuple(int(s) for s in text)
+    seeds = []
+    try:
+        for part in str(text).split(","):
+            low, dash, high = part.strip().partition("-")
+            seeds += list(range(int(low), int(high) + 1)) if dash else [int(low)]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected a range like 0-4 or a list like "
+                          "0,1,2") from None
+    return tuple(seeds)
+
+
+def _key_values(items, option: str) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def build_sweep(file_data: dict, opts: dict) -> SweepConfig:
+    """The SweepConfig from an experiment file's values, overridden by options."""
+    from alray.loop.setup import apply_overrides, shape_model
+
+    data = dict(file_data)
+    if opts.get("smoke"):
+        data = _smoke(data, opts["out"])
+    pool, val = opts.get("pool") or data.get("pool"), opts.get("val") or data.get("val")
+    if not pool or not val:
+        raise ConfigError("a sweep needs a pool and a validation pool (--pool, --val)")
+    strategies = opts.get("strategies") or data.get("strategies") or "random,margin"
+    if isinstance(strategies, str):
+        strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+    from alray.acquisition import check_names
+    check_names(strategies)
+    loop = LoopConfig(pool_uri=pool, val_uri=val, steps=int(opts.get("steps") or
+                                                            data.get("steps") or 100),
+                      train=TrainConfig(), score=ScoreConfig(num_cpus_per_actor=0.5))
+    settings = dict(data.get("set") or {})
+    settings.update({k: yaml.safe_load(v) for k, v in _key_values(opts.get("set", ()),
+                                                                      "--set").items()})
+    loop = shape_model(apply_overrides(loop, settings),
+                       settings.get("model.n_classes"))
+    grid = {k: tuple(v) for k, v in (data.get("grid") or {}).items()}
+    grid.update({k: tuple(yaml.safe_load(x) for x in v.split(","))
+                 for k, v in _key_values(opts.get("grid", ()), "--grid").items()})
+    return SweepConfig(
+        loop=loop, strategies=tuple(strategies),
+        seeds=parse_seeds(opts.get("seeds") or data.get("seeds", "0-4")), grid=grid,
+        out=str(Path(opts["out"]).resolve()),
+        cpus_per_trial=float(opts.get("cpus_per_trial") or data.get("cpus_per_trial", 1)),
+        gpus_per_trial=float(opts.get("gpus_per_trial") or data.get("gpus_per_trial", 0)),
+        max_concurrent=int(opts.get("max_concurrent") or data.get("max_concurrent", 0)))
+
+
+def _smoke(data: dict, out: str) -> dict:
+    """The experiment at its smoke size, on a small study-like pool generated in OUT."""
+    from alray.pool.synthetic import generate_pool
+
+    smoke = data.get("smoke") or {}
+    pool_dir = Path(out) / "smoke-pool"
+    if not (pool_dir / "val").exists():
+        generate_pool(str(pool_dir), GeneratorConfig(
+            rows=int(smoke.get("rows", 3000)), val_rows=600, classes=10, image_dim=64,
+            text_dim=32, shard_rows=1500, seed=0))
+    merged = dict(data, pool=str(pool_dir / "pool"), val=str(pool_dir / "val"))
+    merged["steps"] = smoke.get("steps", 3)
+    merged["seeds"] = smoke.get("seeds", [0, 1])
+    if "strategies" in smoke:
+        merged["strategies"] = smoke["strategies"]
+    merged["set"] = {**(data.get("set") or {}), "initial": 100, "score.query_size": 10,
+                     "train.epochs": 3, **(smoke.get("set") or {})}
+    return merged
+
+
+@main.command()
+@click.option("--config", "config_file", default=None, metavar="FILE.yaml",
+              help="An experiment file (see jobs/configs/).")
+@click.option("--smoke", is_flag=True, help="Run the experiment's small smoke size.")
+@click.option("--pool", default=None)
+@click.option("--val", default=None)
+@click.option("--strategies", default=None, help="Comma-separated [default: random,margin].")
+@click.option("--seeds", default=None, help="0-4 or 0,1,2 [default: 0-4].")
+@click.option("--steps", type=int, default=None, help="[default: 100]")
+@click.option("--out", required=True, help="The sweep's folder.")
+@click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
+              help="A loop option, e.g. train.freeze_batchnorm=true, initial=2000.")
+@click.option("--grid", multiple=True, metavar="KEY=V1,V2",
+              help="Also grid over a loop option, e.g. train.freeze_batchnorm=true,false.")
+@click.option("--cpus-per-trial", type=float, default=None, help="[default: 1]")
+@click.option("--gpus-per-trial", type=float, default=None, help="[default: 0]")
+@click.option("--max-concurrent", type=int, default=None)
+@click.option("--resume", is_flag=True, help="Continue an interrupted sweep in --out.")
+@click.option("--address", default=None, help="Ray cluster [default: embedded Ray].")
+@friendly_errors
+def sweep(config_file, smoke, resume, address, **opts):
+    """Run a strategy x seed grid of simulated loops on Ray Tune."""
+    from alray.sweep import load_sweep, run_sweep
+
+    opts["set"], opts["smoke"] = opts.pop("set_"), smoke
+    if resume and not config_file and not any(v for k, v in opts.items()
+                                              if k not in ("out", "set", "grid", "smoke")):
+        cfg = load_sweep(opts["out"])
+    else:
+        cfg = build_sweep(read_experiment(config_file) if config_file else {}, opts)
+    n = len(cfg.strategies) * len(cfg.seeds)
+    for values in cfg.grid.values():
+        n *= len(values)
+    click.echo(f"sweep: {n} trials ({', '.join(cfg.strategies)} x seeds "
+               f"{list(cfg.seeds)}{' x ' + ', '.join(cfg.grid) if cfg.grid else ''}), "
+               f"{cfg.loop.steps} steps each -> {cfg.out}")
+    curves = run_sweep(cfg, resume=resume, address=address)
+    click.echo(f"wrote {cfg.out}/curves.parquet ({curves.num_rows} rows); "
+               f"next: alray report {cfg.out} --out REPORT")
+
+
+@main.command()
+@click.argument("sweep_dir")
+@click.option("--out", required=True, help="Folder for the figures and summary.md.")
+@friendly_errors
+def report(sweep_dir, out):
+    """Learning curves with t-intervals, label savings and a summary table of a sweep."""
+    from alray.report import write_report
+
+    files = write_report(sweep_dir, out)
+    for path in files:
+        click.echo(f"wrote {path}")
