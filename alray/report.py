@@ -144,7 +144,7 @@ def summarise(per_seed) -> "pd.DataFrame":
         row["auc_p_value"] = np.nan
         if variant != baselines.get(variant) and len(paired) >= 2:
             diff = paired["auc"] - paired["auc_base"]
-            if np.ptp(diff) > 0:
+            if np.ptp(diff) > 1e-12:  # a constant difference has no t statistic
                 row["auc_p_value"] = float(stats.ttest_rel(paired["auc"],
                                                            paired["auc_base"]).pvalue)
         rows.append(row)
