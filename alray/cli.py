@@ -179,17 +179,25 @@ def _histogram(classes) -> str:
 @click.option("--set", "knobs", multiple=True, metavar="KNOB=VALUE",
               help="Any other generator knob (see docs/formats.md), e.g. --set label_noise=0.2")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--dataset", type=click.Choice(["synthetic", "digits"]), default="synthetic",
+              show_default=True, help="digits: scikit-learn's handwritten digits as a "
+              "two-view pool (left and right image halves); the size options do not apply.")
 @friendly_errors
-def generate(out, rows, val_rows, classes, seed, knobs, overwrite):
-    """Generate a study-like synthetic pool into OUT/pool and OUT/val."""
+def generate(out, rows, val_rows, classes, seed, knobs, overwrite, dataset):
+    """Generate a study-like synthetic pool (or the digits pool) into OUT/pool and OUT/val."""
     from alray.pool import io
-    options = {"rows": rows, "val_rows": val_rows, "classes": classes, "seed": seed,
-               **_parse_knobs(knobs)}
-    cfg = GeneratorConfig.from_dict(options)
     loc = io.locate(out)
     if loc.fs.get_file_info(loc.path).type != io.pafs.FileType.NotFound and not overwrite:
         raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-    _run_generation(out, cfg)
+    if dataset == "digits":
+        from alray.pool.digits import write_digits_pool
+        result = write_digits_pool(out, seed)
+        click.echo(f"wrote {result['pool']} ({result['rows']:,} digits) and {result['val']} "
+                   f"({result['val_rows']:,})")
+        return
+    options = {"rows": rows, "val_rows": val_rows, "classes": classes, "seed": seed,
+               **_parse_knobs(knobs)}
+    _run_generation(out, GeneratorConfig.from_dict(options))
 
 
 def _run_generation(out, cfg):
@@ -319,7 +327,33 @@ def demo(out, rows, seed, loop_steps):
                  f"{out}/run-margin", "--initial", str(initial),
                  "--steps", str(loop_steps), "--seed", str(seed), "--classes",
                  str(cfg.classes)])
+    _demo_sweep(out)
     click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
+
+
+def _demo_sweep(out: str) -> None:
+    """Step 6 of the demo: the shipped uncertainty experiment at its smoke size."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "uncertainty.yaml"
+    if not config.exists():  # an installed package has no jobs/ folder
+        click.echo("== 6. (skipped: jobs/configs/uncertainty.yaml is not here)")
+        return
+    click.echo("== 6. a smoke sweep on Ray Tune (random, least confident, margin, entropy "
+               "x 2 seeds, paired) and its report")
+    from alray.cli_sweep import build_sweep, read_experiment
+    from alray.report import write_report
+    from alray.sweep import run_sweep
+    sweep_dir, report_dir = f"{out}/sweep-smoke", f"{out}/report-smoke"
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    sweep = build_sweep(read_experiment(config), {"out": sweep_dir, "smoke": True})
+    run_sweep(sweep, verbose=0)
+    files = write_report(sweep_dir, report_dir)
+    click.echo(Path(report_dir, "summary.md").read_text().split("\n\n")[2])
+    click.echo(f"figures: {', '.join(os.path.basename(f) for f in files if f.endswith('.png'))}"
+               f" in {report_dir}")
 
 
 @main.command()

@@ -96,7 +96,9 @@ def new_config(p: dict) -> LoopConfig:
                         batch_size=p["batch_size"], adaptive_batch=p["adaptive_batch"],
                         freeze_batchnorm=p["freeze_batchnorm"],
                         loss_weighting=p["loss_weighting"], seed=p["seed"])
-    return LoopConfig(pool_uri=p["pool"], val_uri=p["val"], initial=p["initial"],
+    from alray.pool.io import absolute_uri
+    return LoopConfig(pool_uri=absolute_uri(p["pool"]), val_uri=absolute_uri(p["val"]),
+                      initial=p["initial"],
                       steps=p["steps"], seed=p["seed"], assessors=p["assessors"],
                       columns=columns, model=model, train=train, score=_score(p))
 
@@ -114,8 +116,9 @@ def _score(p: dict) -> ScoreConfig:
 def _overrides(p: dict, given: set[str]) -> dict:
     """The frozen keys the user gave again on resume (compared with the frozen run)."""
     out = {}
+    from alray.pool.io import absolute_uri
     for name in given & set(FROZEN_OPTIONS):
-        value = p[name]
+        value = absolute_uri(p[name]) if name in ("pool", "val") else p[name]
         out[FROZEN_OPTIONS[name]] = (value,) if name == "strategy" else value
     if given & {"id_column", "label_column", "embedding_columns"}:
         out["columns"] = pool_config(p["id_column"], p["label_column"],

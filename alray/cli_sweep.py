@@ -75,6 +75,8 @@ def build_sweep(file_data: dict, opts: dict) -> SweepConfig:
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
     from alray.acquisition import check_names
     check_names(strategies)
+    from alray.pool.io import absolute_uri
+    pool, val = absolute_uri(pool), absolute_uri(val)
     loop = LoopConfig(pool_uri=pool, val_uri=val, steps=int(opts.get("steps") or
                                                             data.get("steps") or 100),
                       train=TrainConfig(), score=ScoreConfig(num_cpus_per_actor=0.5))

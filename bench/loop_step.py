@@ -74,7 +74,8 @@ def report(rows: list[dict], marks: list[float], started: float, total: float, a
     print("| part of a step (median) | seconds | share |")
     print("|---|---|---|")
     for name, values in (("scoring (Ray Data)", score), ("fine-tuning (Ray Train)", train),
-                         ("evaluation", evals), ("everything else", other)):
+                         ("everything else", other),
+                         ("  of which evaluation", evals)):
         print(f"| {name} | {statistics.median(values):.3f} | "
               f"{statistics.median(values) / wall:.1%} |")
     print(f"| whole step | {wall:.3f} | 100% |")

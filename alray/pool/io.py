@@ -44,6 +44,13 @@ def locate(uri: str | os.PathLike) -> Location:
     return Location(pafs.LocalFileSystem(), os.path.abspath(text), text)
 
 
+def absolute_uri(uri: str) -> str:
+    """A local path made absolute (runs and trials may work from another folder); URIs
+    unchanged."""
+    text = os.fspath(uri)
+    return text if "://" in text else os.path.abspath(text)
+
+
 def is_hidden(name: str) -> bool:
     # Spark, Hadoop and Ray write _SUCCESS, _metadata and .crc files next to shards
     return name.startswith((".", "_"))

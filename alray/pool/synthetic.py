@@ -67,7 +67,7 @@ def generate_rows(cfg: GeneratorConfig, world: World, stream: int, chunk: int, n
         view = latent + noise * rng.standard_normal(latent.shape)
         emb = np.tanh(view @ world.maps[modality]).astype(np.float32)
         emb[missing] = 0.0
-        columns[f"{modality}_emb"] = _fixed_list(emb, missing)
+        columns[f"{modality}_emb"] = fixed_list_array(emb, missing)
     columns["label"] = pa.array(_noisy_labels(cfg, world, rng, classes), type=pa.int64())
     return pa.table(columns)
 
@@ -81,7 +81,7 @@ def _noisy_labels(cfg, world, rng, classes):
     return np.where(flip, wrong, classes).astype(np.int64)
 
 
-def _fixed_list(matrix: np.ndarray, missing: np.ndarray) -> pa.Array:
+def fixed_list_array(matrix: np.ndarray, missing: np.ndarray) -> pa.Array:
     values = pa.array(matrix.reshape(-1))
     mask = pa.array(missing) if missing.any() else None
     return pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=mask)
