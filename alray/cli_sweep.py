@@ -16,7 +16,7 @@ from alray.cli import friendly_errors, main
 from alray.config import GeneratorConfig, LoopConfig, ScoreConfig, SweepConfig, TrainConfig
 from alray.errors import ConfigError
 
-FILE_KEYS = {"description", "pool", "val", "strategies", "seeds", "steps", "set", "grid",
+FILE_KEYS = {"kind", "description", "pool", "val", "strategies", "seeds", "steps", "set", "grid",
              "cpus_per_trial", "gpus_per_trial", "max_concurrent", "smoke"}
 SMOKE_KEYS = {"rows", "steps", "seeds", "set", "strategies"}
 
