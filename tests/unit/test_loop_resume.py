@@ -156,3 +156,19 @@ def _defaults(given: dict) -> dict:
     params = dict(ctx.params)
     params.update(given)
     return params
+
+
+def test_resubmitted_job_resumes_its_run_directory(pools, reference, tmp_path):
+    """jobs/run_loop.py is what `ray job submit` runs; submitting it again continues."""
+    job = os.path.join(os.path.dirname(__file__), "..", "..", "jobs", "run_loop.py")
+    run_dir = tmp_path / "run"
+    args = ["--pool", pools[0], "--val", pools[1], "--run-dir", str(run_dir), *LOOP_ARGS]
+    first = subprocess.run([sys.executable, job, *args, "--steps", "4"],
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([sys.executable, job, *args, "--steps", str(STEPS)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout
+    labels, metrics = results(run_dir)
+    assert labels.equals(reference[0]) and metrics.equals(reference[1])
