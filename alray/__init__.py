@@ -33,6 +33,8 @@ _EXPORTS = {
     # the loop
     "RunDir": "alray.loop", "new_run": "alray.loop", "reopen_run": "alray.loop",
     "run_loop": "alray.loop", "import_labels": "alray.loop",
+    # experiments
+    "run_sweep": "alray.sweep", "run_correlation": "alray.correlation",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -426,3 +426,4 @@ if __name__ == "__main__":
 # the loop's commands live in their own module; importing it registers them on ``main``
 from alray import cli_loop  # noqa: E402,F401
 from alray import cli_sweep  # noqa: E402,F401
+from alray import cli_correlation  # noqa: E402,F401

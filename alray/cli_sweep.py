@@ -65,6 +65,9 @@ def build_sweep(file_data: dict, opts: dict) -> SweepConfig:
     from alray.loop.setup import apply_overrides, shape_model
 
     data = dict(file_data)
+    if data.get("kind", "sweep") != "sweep":
+        raise ConfigError(f"the experiment file is of kind {data['kind']!r}; run it with "
+                          f"`alray {data['kind']}`")
     if opts.get("smoke"):
         data = _smoke(data, opts["out"])
     pool, val = opts.get("pool") or data.get("pool"), opts.get("val") or data.get("val")

@@ -1,0 +1,440 @@
+"""The study's correlation experiment (tables 1-2), done right.
+
+Per seed: train the passive model on a seeded initial set (the same set and weights as
+the loop's step 0 for that seed); draw ``candidates`` labelled posts outside it (the
+pool's labels are the truth: simulation); score each with the passive model: its true
+loss (cross-entropy of the fused head, as the ``ideal_loss`` oracle ranks) and its
+margin ``p1 - p2``; sort by loss (ties by id) and cut into **disjoint** groups of
+``group_size``; fine-tune one model per group from the passive weights and Adam state on
+initial set + group (``train.fine_tune_epochs`` epochs, seeded per group), as parallel Ray
+tasks; score each on the validation pool. Then the Spearman rho of group accuracy against
+the group's mean loss and mean margin: per seed with its p-value and a seeded 95%
+bootstrap interval over groups, and over seeds the mean rho with a Student-t interval.
+
+The study's groups overlapped (consecutive windows shifted by one post), so neighbouring
+"groups" shared 99 posts and their accuracies were not independent observations.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+
+from alray.config import ModelConfig, PoolConfig, TrainConfig
+from alray.errors import ConfigError, EmptyPoolError, LabelsError
+
+PAIRS = {"loss": "accuracy vs loss", "margin": "accuracy vs margin"}
+STUDY = {"loss": (-0.2518, 0.0115), "margin": (0.2461, 0.0136)}  # posts, tables 1-2
+N_BOOT = 2000
+_CANDIDATES, _FINE_TUNE, _BOOTSTRAP = 1, 2, 3  # independent random streams of a seed
+Progress = Callable[[int, int], None]
+
+
+# --- pure parts: sampling, grouping, statistics ---------------------------------------
+def sample_candidates(ids: np.ndarray, labels: np.ndarray, exclude: np.ndarray, n: int,
+                      seed: int) -> np.ndarray:
+    """``n`` distinct labelled ids not in ``exclude``, drawn uniformly, seeded.
+    ``ids``, ``labels``: ``(pool,)``; independent of the pool's row order."""
+    labelled = np.sort(ids[labels >= 0])
+    rest = labelled[~np.isin(labelled, exclude)]
+    if n > len(rest):
+        raise EmptyPoolError(f"{n:,} candidates asked, {len(rest):,} labelled posts are "
+                             f"outside the initial set of {len(exclude):,}")
+    rng = np.random.default_rng([int(seed), _CANDIDATES])
+    return rest[rng.choice(len(rest), n, replace=False)]
+
+
+def cut_groups(loss: np.ndarray, ids: np.ndarray, group_size: int) -> np.ndarray:
+    """``(n,)`` group of each post: sorted by loss (ties by id), cut into consecutive
+    disjoint groups of ``group_size`` (group 0 = lowest losses). ``n`` must divide."""
+    n = len(loss)
+    if group_size < 1 or n % group_size:
+        raise ConfigError(f"{n:,} candidates do not cut into groups of {group_size}")
+    order = np.lexsort((ids, loss))
+    groups = np.empty(n, dtype=np.int64)
+    groups[order] = np.arange(n) // group_size
+    return groups
+
+
+def group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``(n_groups,)`` mean of ``values`` ``(n,)`` in each group ``0..n_groups-1``."""
+    return np.bincount(groups, weights=values) / np.bincount(groups)
+
+
+def _rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rho of each row pair of ``(m, n)`` arrays (average ranks); NaN for a
+    constant row."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(axis=1) / den, np.nan)
+
+
+def spearman_stats(y: np.ndarray, x: np.ndarray, seed: int, n_boot: int = N_BOOT,
+                   level: float = 0.95, resamples: np.ndarray | None = None) -> dict:
+    """Spearman rho of ``y`` against ``x`` (both ``(n,)``), its p-value (scipy) and a
+    percentile bootstrap ``level`` interval over the n points (resampled with
+    replacement, seeded; ``resamples`` ``(n_boot, n)`` indices reuses a draw).
+    A constant input gives NaN (never patched)."""
+    from scipy.stats import spearmanr
+
+    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
+    if len(y) != len(x) or len(y) < 3:
+        raise ValueError(f"spearman_stats needs two (n,) arrays, n >= 3; got {len(y)}, {len(x)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConstantInputWarning: the NaN says it
+        rho, p = spearmanr(y, x)
+    if resamples is None:
+        resamples = np.random.default_rng([int(seed), _BOOTSTRAP]).integers(
+            0, len(y), (n_boot, len(y)))
+    boot = _rowwise_spearman(y[resamples], x[resamples])
+    tail = 100 * (1 - level) / 2
+    low, high = (np.nanpercentile(boot, [tail, 100 - tail]) if np.isfinite(boot).any()
+                 else (np.nan, np.nan))
+    return {"rho": float(rho), "p_value": float(p), "low": float(low), "high": float(high)}
+
+
+def seed_statistics(groups: dict, seed: int, n_boot: int = N_BOOT) -> list[dict]:
+    """One row per pair for one seed's groups (``accuracy``, ``mean_loss``,
+    ``mean_margin``: ``(n_groups,)``); both pairs share one bootstrap draw."""
+    acc = np.asarray(groups["accuracy"], np.float64)
+    draw = np.random.default_rng([int(seed), _BOOTSTRAP]).integers(0, len(acc), (n_boot, len(acc)))
+    return [{"seed": int(seed), "pair": pair, "groups": len(acc),
+             **spearman_stats(acc, groups[f"mean_{pair}"], seed, n_boot, resamples=draw)}
+            for pair in PAIRS]
+
+
+def across_seeds(per_seed: list[dict]) -> list[dict]:
+    """Per pair: mean rho over seeds with its 95% Student-t interval, and the p-value of
+    a one-sample t-test of rho = 0 over seeds (NaN with one seed)."""
+    from scipy.stats import ttest_1samp
+
+    from alray.report import mean_interval
+
+    rows = []
+    for pair in PAIRS:
+        rhos = np.array([r["rho"] for r in per_seed if r["pair"] == pair], np.float64)
+        mean, low, high = mean_interval(rhos)
+        finite = rhos[np.isfinite(rhos)]
+        p = float(ttest_1samp(finite, 0.0).pvalue) if len(finite) >= 2 else np.nan
+        rows.append({"pair": pair, "seeds": len(finite), "rho": mean, "low": low,
+                     "high": high, "p_value": p})
+    return rows
+
+
+def group_seed(seed: int, group: int) -> int:
+    """The fine-tuning seed of one group model: distinct per (seed, group)."""
+    return int(np.random.SeedSequence([int(seed), _FINE_TUNE, int(group)]).generate_state(1)[0])
+
+
+# --- Ray tasks (module level, so workers import them) ---------------------------------
+def _model(model: dict, weights):
+    import torch
+
+    from alray.model.fusion import FusionNet
+
+    with torch.random.fork_rng(devices=[]):
+        net = FusionNet(ModelConfig.from_dict(model))
+    net.load_state_dict(weights)
+    return net.eval()
+
+
+def _accuracy(model: dict, weights, val) -> dict:
+    from alray.train.core import evaluate
+
+    m = evaluate(_model(model, weights), val, heads=("fused",))["fused"]
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+
+def fit_task(model: dict, train: dict, initial, val, threads: int) -> dict:
+    """Passive fit on the initial set: weights, Adam state and validation accuracy."""
+    import torch
+
+    from alray.train.worker import new_request, run_request
+
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    reply = run_request(new_request("fit", ModelConfig.from_dict(model),
+                                    TrainConfig.from_dict(train), initial))
+    return {"weights": reply["weights"], "train_state": reply["train_state"],
+            **_accuracy(model, reply["weights"], val), "seconds": reply["seconds"]}
+
+
+def group_task(model: dict, train: dict, passive: dict, initial, candidates, rows,
+               val, step_seed: int, threads: int) -> dict:
+    """Fine-tune the passive model (weights and Adam state) on initial set + the
+    candidates at ``rows``; its validation accuracy."""
+    import torch
+
+    from alray.pool.arrays import PostArrays
+    from alray.train.worker import new_request, run_request
+
+    started = time.perf_counter()
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    data = PostArrays.concat([initial, candidates.take(rows)])
+    reply = run_request(new_request("fine_tune", ModelConfig.from_dict(model),
+                                    TrainConfig.from_dict(train), data, passive["weights"],
+                                    passive["train_state"], step_seed))
+    return {**_accuracy(model, reply["weights"], val),
+            "seconds": time.perf_counter() - started, "pid": os.getpid()}
+
+
+# --- the experiment -------------------------------------------------------------------
+def score_candidates(model: dict, weights, data) -> tuple[np.ndarray, np.ndarray]:
+    """``(n,)`` true loss (fused head, ``acquisition.true_loss``) and ``(n,)`` margin
+    ``p1 - p2`` (the study's margin; the ``margin`` strategy's score is its negative)."""
+    from alray.acquisition.functions import margin, true_loss
+    from alray.train.core import predict_probs
+
+    probs = predict_probs(_model(model, weights), data)["fused"]
+    return true_loss(probs, data.labels), -margin(probs)
+
+
+def check_sizes(initial: int, candidates: int, group_size: int, seeds) -> None:
+    """Every problem with the experiment's sizes, in one ConfigError."""
+    problems = []
+    sizes = {"initial": initial, "candidates": candidates, "group_size": group_size}
+    wrong = [f"{k} must be an integer, got {v!r}" for k, v in sizes.items()
+             if not isinstance(v, int) or isinstance(v, bool)]
+    if wrong:
+        raise ConfigError(wrong[0], wrong)
+    if not seeds or len(set(seeds)) != len(seeds):
+        problems.append(f"seeds must be distinct and at least one, got {list(seeds)}")
+    if initial < 1 or group_size < 1 or candidates < 1:
+        problems.append(f"initial, candidates and group_size must be >= 1, got "
+                        f"{initial}, {candidates}, {group_size}")
+    elif candidates % group_size:
+        problems.append(f"candidates ({candidates:,}) must be a multiple of group_size "
+                        f"({group_size}): groups are disjoint and equal")
+    elif candidates // group_size < 3:
+        problems.append(f"{candidates // group_size} groups: Spearman needs at least 3")
+    if problems:
+        raise ConfigError(problems[0], problems)
+
+
+def _rows_of(data, wanted: np.ndarray):
+    """The rows of ``data`` with ids ``wanted``, in that order."""
+    order = np.argsort(data.ids, kind="stable")
+    return data.take(order[np.searchsorted(data.ids[order], wanted)])
+
+
+def _draw_and_load(pool_uri: str, val_uri: str, columns: PoolConfig, model: ModelConfig,
+                   seeds: list[int], initial: int, candidates: int):
+    """Per seed ``(initial rows, candidate rows)`` (one read of the pool for every seed;
+    the initial set is the loop's for that seed, in its order) and the validation rows."""
+    from alray.pool.load import load_rows, read_ids_and_labels, sample_labelled_ids
+
+    ids, labels = read_ids_and_labels(pool_uri, columns)
+    picks = {}
+    for seed in seeds:
+        start = sample_labelled_ids(pool_uri, columns, initial, seed)
+        picks[seed] = (start, sample_candidates(ids, labels, start, candidates, seed))
+    needed = np.unique(np.concatenate([np.concatenate(p) for p in picks.values()]))
+    data, val = load_rows(pool_uri, columns, ids=needed), load_rows(val_uri, columns)
+    dims = {m: f.shape[1] for m, f in data.features.items()}
+    if dims != dict(model.modality_dims):
+        raise ConfigError(f"the model's input dims {dict(model.modality_dims)} differ from "
+                          f"the pool's {dims}")
+    top = int(max(data.labels.max(), val.labels.max()))
+    if top >= model.n_classes:
+        raise LabelsError(f"label {top} is out of range for {model.n_classes} classes")
+    return {s: (_rows_of(data, a), _rows_of(data, b)) for s, (a, b) in picks.items()}, val
+
+
+def run_correlation(pool_uri: str, val_uri: str, columns: PoolConfig, model: ModelConfig,
+                    train: TrainConfig, seeds: Sequence[int], initial: int = 2000,
+                    candidates: int = 10_000, group_size: int = 100,
+                    address: str | None = None, progress: Progress | None = None,
+                    out: str | os.PathLike | None = None, cpus_per_task: float = 1.0,
+                    n_boot: int = N_BOOT) -> dict:
+    """Run the experiment (module docstring); ``model`` already shaped to the pool.
+
+    Returns plain data: ``groups`` (rows: seed, group, size, mean_loss, mean_margin,
+    min_loss, max_loss, accuracy, macro_f1, seconds), ``posts`` (columns seed, group, id,
+    loss, margin: every candidate once), ``initial`` (seed -> ids), ``passive`` (rows:
+    seed, accuracy, macro_f1, seconds), ``per_seed`` (rows: seed, pair, groups, rho,
+    p_value, low, high), ``summary`` (rows: pair, seeds, rho, low, high, p_value) and
+    ``settings``. Each Ray task takes ``cpus_per_task`` CPUs and as many torch threads
+    (at least one); ``progress(done, total)`` counts finished tasks. With ``out`` the
+    files are written there (``write_outputs``).
+    """
+    from alray.runtime import ensure_ray
+
+    seeds = [int(s) for s in seeds]
+    check_sizes(initial, candidates, group_size, seeds)
+    sets, val = _draw_and_load(pool_uri, val_uri, columns, model, seeds, initial, candidates)
+    ensure_ray(address)
+    trains = {s: train.replace(seed=s).to_dict() for s in seeds}
+    posts, results, passive = _run_tasks(model.to_dict(), trains, sets, val, group_size,
+                                         cpus_per_task, progress)
+    result = _assemble(seeds, posts, results, passive, n_boot)
+    result["initial"] = {s: sets[s][0].ids for s in seeds}
+    result["settings"] = {"pool": pool_uri, "val": val_uri, "seeds": seeds, "initial": initial,
+                          "candidates": candidates, "group_size": group_size,
+                          "model": model.to_dict(), "train": train.to_dict(),
+                          "bootstrap": n_boot}
+    if out is not None:
+        write_outputs(result, out)
+    return result
+
+
+def _run_tasks(model: dict, trains: dict, sets: dict, val, group_size: int,
+               cpus_per_task: float, progress: Progress | None):
+    """Every seed's passive fit at once; a seed's group tasks as soon as its passive
+    model has scored the candidates. Returns (posts per seed, (seed, group) -> reply,
+    passive rows)."""
+    import ray
+
+    threads = max(1, int(cpus_per_task))
+    fit = ray.remote(num_cpus=cpus_per_task)(fit_task)
+    tune = ray.remote(num_cpus=cpus_per_task)(group_task)
+    val_ref = ray.put(val)
+    initial_refs = {s: ray.put(sets[s][0]) for s in sets}
+    fits = {s: fit.remote(model, trains[s], initial_refs[s], val_ref, threads) for s in sets}
+    n_groups = len(next(iter(sets.values()))[1]) // group_size
+    total, done = len(sets) * (1 + n_groups), 0
+    posts, pending, passive = [], {}, []
+    for seed, (_, cands) in sets.items():
+        reply = ray.get(fits[seed])  # the group tasks pass the ref on: no copy here
+        done += 1
+        if progress:
+            progress(done, total)
+        passive.append({"seed": seed, "accuracy": reply["accuracy"],
+                        "macro_f1": reply["macro_f1"], "seconds": reply["seconds"]})
+        loss, margin = score_candidates(model, reply["weights"], cands)
+        group = cut_groups(loss, cands.ids, group_size)
+        posts.append({"seed": np.full(len(cands), seed), "group": group, "id": cands.ids,
+                      "loss": loss, "margin": margin})
+        cands_ref = ray.put(cands)
+        for g in range(n_groups):
+            ref = tune.remote(model, trains[seed], fits[seed], initial_refs[seed], cands_ref,
+                              np.flatnonzero(group == g), val_ref, group_seed(seed, g),
+                              threads)
+            pending[ref] = (seed, g)
+    results = {}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        results[pending.pop(ready[0])] = ray.get(ready[0])
+        done += 1
+        if progress:
+            progress(done, total)
+    return posts, results, passive
+
+
+def _assemble(seeds, posts, results, passive, n_boot) -> dict:
+    groups, per_seed = [], []
+    for seed, p in zip(seeds, posts):
+        n_groups = int(p["group"].max()) + 1
+        stats = {"mean_loss": group_means(p["loss"], p["group"]),
+                 "mean_margin": group_means(p["margin"], p["group"]),
+                 "accuracy": np.array([results[seed, g]["accuracy"] for g in range(n_groups)])}
+        low = np.full(n_groups, np.inf)
+        high = np.full(n_groups, -np.inf)
+        np.minimum.at(low, p["group"], p["loss"])
+        np.maximum.at(high, p["group"], p["loss"])
+        for g in range(n_groups):
+            r = results[seed, g]
+            groups.append({"seed": seed, "group": g, "size": int((p["group"] == g).sum()),
+                           "mean_loss": float(stats["mean_loss"][g]),
+                           "mean_margin": float(stats["mean_margin"][g]),
+                           "min_loss": float(low[g]), "max_loss": float(high[g]),
+                           "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
+                           "seconds": r["seconds"]})
+        per_seed += seed_statistics(stats, seed, n_boot)
+    posts_cols = {k: np.concatenate([p[k] for p in posts]) for k in posts[0]}
+    return {"groups": groups, "posts": posts_cols, "passive": passive, "per_seed": per_seed,
+            "summary": across_seeds(per_seed)}
+
+
+# --- outputs --------------------------------------------------------------------------
+def _fmt(value: float, spec: str = "+.4f") -> str:
+    return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+def summary_markdown(result: dict) -> str:
+    """The study's table, ours beside it, then one row per seed and pair."""
+    s = result["settings"]
+    lines = ["# Correlation experiment (tables 1-2)\n",
+             f"Seeds {s['seeds']}; per seed: {s['initial']:,} initial posts, "
+             f"{s['candidates']:,} candidates in {s['candidates'] // s['group_size']} "
+             f"disjoint groups of {s['group_size']}, one fine-tuned model per group from "
+             "the passive weights. Spearman over seeds: mean rho, 95% Student-t interval, "
+             "p of a t-test of rho = 0 over seeds. Per seed: scipy's p and a 95% "
+             f"bootstrap interval over groups ({s['bootstrap']} resamples).\n",
+             "| data | pair | Spearman | 95% interval | p-value | study Spearman | "
+             "study p-value |", "|---|---|---|---|---|---|---|"]
+    for row in result["summary"]:
+        study_rho, study_p = STUDY[row["pair"]]
+        lines.append(f"| posts (alray, {row['seeds']} seeds) | {PAIRS[row['pair']]} | "
+                     f"{_fmt(row['rho'])} | [{_fmt(row['low'])}, {_fmt(row['high'])}] | "
+                     f"{_fmt(row['p_value'], '.3g')} | {study_rho:+.4f} | {study_p:.4f} |")
+    lines += ["", "| seed | pair | Spearman | 95% bootstrap interval | p-value | "
+              "passive accuracy | group accuracy (min-max) |", "|---|---|---|---|---|---|---|"]
+    for row in result["per_seed"]:
+        acc = [g["accuracy"] for g in result["groups"] if g["seed"] == row["seed"]]
+        base = next(p["accuracy"] for p in result["passive"] if p["seed"] == row["seed"])
+        lines.append(f"| {row['seed']} | {PAIRS[row['pair']]} | {_fmt(row['rho'])} | "
+                     f"[{_fmt(row['low'])}, {_fmt(row['high'])}] | "
+                     f"{_fmt(row['p_value'], '.3g')} | {base:.4f} | "
+                     f"{min(acc):.4f}-{max(acc):.4f} |")
+    return "\n".join(lines) + "\n\n![correlation.png](correlation.png)\n"
+
+
+def plot_groups(groups: list[dict], passive: list[dict], out: str) -> str:
+    """Each group model's accuracy gain over its seed's passive model against the
+    group's mean loss and mean margin, one colour per seed (a shift per seed does not
+    change the per-seed Spearman)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = {p["seed"]: p["accuracy"] for p in passive}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True, constrained_layout=True)
+    for seed in sorted(base):
+        rows = [g for g in groups if g["seed"] == seed]
+        gain = [100 * (g["accuracy"] - base[seed]) for g in rows]
+        for ax, pair in zip(axes, PAIRS):
+            ax.scatter([g[f"mean_{pair}"] for g in rows], gain, s=12, alpha=0.7,
+                       label=f"seed {seed}")
+    for ax, pair in zip(axes, PAIRS):
+        ax.set_xlabel(f"group mean {pair}" + (" (p1 - p2)" if pair == "margin" else ""))
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy gain over passive (points)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("One model per disjoint group, fine-tuned from the passive weights")
+    tmp = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def write_outputs(result: dict, out: str | os.PathLike) -> list[str]:
+    """``groups.parquet``, ``posts.parquet``, ``summary.json``, ``summary.md`` and
+    ``correlation.png`` in ``out``, each written atomically; returns the paths."""
+    import pyarrow as pa
+
+    from alray.pool.io import write_json, write_table
+
+    out = os.fspath(out)
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, n) for n in ("groups.parquet", "posts.parquet",
+                                            "summary.json", "summary.md", "correlation.png")]
+    write_table(pa.Table.from_pylist(result["groups"]), paths[0])
+    write_table(pa.table(result["posts"]), paths[1])
+    write_json(paths[2], {k: result[k] for k in ("settings", "passive", "per_seed", "summary")})
+    tmp = f"{paths[3]}.tmp"
+    with open(tmp, "w") as f:
+        f.write(summary_markdown(result))
+    os.replace(tmp, paths[3])
+    plot_groups(result["groups"], result["passive"], paths[4])
+    return paths
