@@ -126,7 +126,7 @@ def seed_results(curves, metric: str = "accuracy"):
     return pd.DataFrame(rows)
 
 
-def summarise(per_seed) -> "pd.DataFrame":
+def summarise(per_seed):
     """Per variant: mean and t-interval of every per-seed column, and a paired t-test of
     the AUC against the variant's random baseline (p-value; NaN for random itself)."""
     import pandas as pd
@@ -290,7 +290,7 @@ def write_report(sweep_dir: str | os.PathLike, out: str | os.PathLike) -> list[s
 
 def _summary_page(curves, summary, figures: list[str]) -> str:
     steps = int(curves["step"].max())
-    lines = [f"# Sweep report\n",
+    lines = ["# Sweep report\n",
              f"{curves['variant'].nunique()} variants, seeds "
              f"{sorted(curves['seed'].unique().tolist())}, {steps} steps. Intervals are "
              "95% Student-t intervals over seeds; savings and labels-to-target are paired "

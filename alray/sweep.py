@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from alray.config import ComputeConfig, LoopConfig, SweepConfig
+from alray.config import ComputeConfig, SweepConfig
 from alray.errors import StateError
 from alray.pool import io
 

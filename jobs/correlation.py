@@ -5,7 +5,6 @@
 """
 import sys
 
-from alray import cli_correlation  # noqa: F401  (registers the command on ``main``)
 from alray.cli import main
 
 if __name__ == "__main__":

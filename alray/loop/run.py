@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alray.config import ComputeConfig, LoopConfig
+from alray.config import ComputeConfig
 from alray.errors import PoolExhaustedError, StateError
 from alray.loop.state import RunDir, RunState, labels_schema
 from alray.pool.arrays import PostArrays, arrays_from_table
