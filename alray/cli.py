@@ -343,7 +343,7 @@ def _demo_sweep(out: str) -> None:
         return
     click.echo("== 6. a smoke sweep on Ray Tune (random, least confident, margin, entropy "
                "x 2 seeds, paired) and its report")
-    from alray.cli_sweep import build_sweep, read_experiment
+    from alray.experiments import build_sweep, read_experiment
     from alray.report import write_report
     from alray.sweep import run_sweep
     sweep_dir, report_dir = f"{out}/sweep-smoke", f"{out}/report-smoke"

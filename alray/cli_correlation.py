@@ -13,7 +13,7 @@ import click
 import yaml
 
 from alray.cli import Progress, friendly_errors, main
-from alray.cli_sweep import _key_values, _smoke, parse_seeds, read_experiment
+from alray.experiments import key_values, parse_seeds, read_experiment, smoke_experiment
 from alray.config import LoopConfig, TrainConfig
 from alray.errors import ConfigError
 
@@ -32,14 +32,14 @@ def build_correlation(file_data: dict, opts: dict) -> dict:
     if kind != "correlation":
         raise ConfigError(f"the experiment file is of kind {kind!r}; `alray correlation` "
                           "runs kind: correlation (use `alray sweep` for sweeps)")
-    data = _smoke(dict(file_data), opts["out"]) if opts.get("smoke") else dict(file_data)
+    data = smoke_experiment(dict(file_data), opts["out"]) if opts.get("smoke") else dict(file_data)
     pool, val = opts.get("pool") or data.get("pool"), opts.get("val") or data.get("val")
     if not pool or not val:
         raise ConfigError("the correlation experiment needs a pool and a validation pool "
                           "(--pool, --val)")
     settings = {**SIZES, **(data.get("set") or {})}
     settings.update({k: yaml.safe_load(v)
-                     for k, v in _key_values(opts.get("set", ()), "--set").items()})
+                     for k, v in key_values(opts.get("set", ()), "--set").items()})
     settings.update({k: opts[k] for k in SIZES if opts.get(k) is not None})
     sizes = {k: settings.pop(k) for k in ("candidates", "group_size")}
     seeds = parse_seeds(opts.get("seeds") or data.get("seeds", "0-4"))

@@ -99,7 +99,9 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, address: str | None = No
         space.update({k: tune.grid_search(list(v)) for k, v in sweep.grid.items()})
         tuner = tune.Tuner(
             trainable, param_space=space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent or None),
+            # reused trial processes skip a fresh interpreter and torch import per trial
+            tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent or None,
+                                        reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(out), name=EXPERIMENT,
                                       verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=1)))

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from alray.cli_sweep import build_sweep, read_experiment
+from alray.experiments import build_sweep, read_experiment
 from alray.config import ComputeConfig
 from alray.loop.run import run_loop
 from alray.loop.setup import apply_overrides, new_run

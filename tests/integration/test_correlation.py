@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from alray.cli_sweep import read_experiment
+from alray.experiments import read_experiment
 from alray.correlation import (across_seeds, cut_groups, group_means, group_seed,
                                sample_candidates, seed_statistics, spearman_stats)
 from alray.errors import ConfigError, EmptyPoolError

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from alray.cli_sweep import build_sweep, read_experiment
+from alray.experiments import build_sweep, read_experiment
 from alray.sweep import grid_points, run_sweep, trial_name
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "jobs",
@@ -31,7 +31,7 @@ def test_configs_are_shipped():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: Path(c).stem)
 def test_shipped_config_parses(config, tmp_path):
     from alray.acquisition import check_names
-    from alray.cli_sweep import parse_seeds
+    from alray.experiments import parse_seeds
     from alray.config import LoopConfig, SweepConfig
     from alray.loop.setup import apply_overrides
 
@@ -44,7 +44,7 @@ def test_shipped_config_parses(config, tmp_path):
     full = SweepConfig(loop=loop, strategies=tuple(data["strategies"]),
                        seeds=parse_seeds(data["seeds"]), out=str(tmp_path),
                        grid={k: tuple(v) for k, v in (data.get("grid") or {}).items()})
-    assert len(full.seeds) == 5 and full.loop.initial == 2000
+    assert full.seeds == tuple(data["seeds"]) and full.loop.initial == data["set"]["initial"]
     smoke = build_sweep(data, {"out": str(tmp_path), "smoke": True})
     assert smoke.loop.steps == data["smoke"].get("steps", 3) and len(smoke.seeds) >= 2
 
