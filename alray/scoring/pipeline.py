@@ -25,12 +25,13 @@ from alray.errors import (
 from alray.pool import io
 from alray.pool.schema import QUERY_COLUMNS, infer_dims
 from alray.runtime import ensure_ray
-from alray.scoring.scorer import BatchScorer
+from alray.scoring.scorer import BatchScorer, RowCounter
 from alray.scoring.merge import QueryMerger, merge_scores
 from alray.scoring.topk import sorted_ids
 
 # an exclude list bigger than this travels through the object store, not the closure
 PUT_THRESHOLD = 10_000
+POLL_S = 0.5  # how often the Ray path's progress is read from the actors
 
 Progress = Callable[[int, int], None]
 
@@ -170,6 +171,11 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
               "dims": plan["dims"], "exclude": exclude, "num_threads": threads,
               "device": "cuda" if score.num_gpus_per_actor > 0 else "cpu",
               "keep_all": plan["keep_all"], "carry": plan["carry"]}
+    counter = poller = None
+    if progress:
+        counter = ray.remote(num_cpus=0)(RowCounter).remote()
+        kwargs["counter"] = counter
+        poller = _Poller(counter, plan["total"], progress)
     paths = [s.path for s in plan["shards"]]
     fs = plan["shards"][0].fs
     merger = QueryMerger(score, plan["carry"])
@@ -189,9 +195,41 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
                     else pa.Table.from_batches([batch]))
     except Exception as exc:  # Ray wraps errors from read tasks and actors
         raise _unwrap(exc, plan["shards"]) from None
+    finally:
+        if poller is not None:
+            poller.stop()
+            ray.kill(counter)
     if progress:
         progress(plan["total"], plan["total"])
     return merger
+
+
+class _Poller:
+    """Reads the actors' row counter every ``POLL_S`` on a thread and reports it: the
+    actors' outputs are top-k tables that Ray Data bundles, so they come back too
+    rarely to show progress."""
+
+    def __init__(self, counter, total: int, progress: Progress):
+        import threading
+
+        self.counter, self.total, self.progress = counter, total, progress
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import ray
+
+        while not self._stop.wait(POLL_S):
+            try:
+                done = ray.get(self.counter.total.remote(), timeout=5)
+            except Exception:  # a progress bar must never fail the scoring
+                continue
+            self.progress(min(done, self.total), self.total)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _unwrap(exc: Exception, shards) -> Exception:

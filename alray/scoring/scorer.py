@@ -36,14 +36,15 @@ class BatchScorer:
     checkpoint: checkpoint directory. score / pool: ``ScoreConfig.to_dict()`` /
     ``PoolConfig.to_dict()``. dims: modality -> embedding dim. exclude: sorted array of
     ids never to return (or a Ray ObjectRef to one). num_threads: torch threads (set
-    it to the CPUs the actor was given). device: "cpu" or "cuda". keep_all: return every
+    it to the CPUs the actor was given). device: "cpu" or "cuda". counter: a
+    ``RowCounter`` actor handle told the rows of every batch. keep_all: return every
     row's score (for ``--scores-out``) instead of the batch's top-k. carry: append the
     candidates' pool columns (embeddings, label) to the output.
     """
 
     def __init__(self, checkpoint: str, score: Mapping, pool: Mapping, dims: Mapping,
                  exclude=None, num_threads: int | None = None, device: str = "cpu",
-                 keep_all: bool = False, carry: bool = False):
+                 keep_all: bool = False, carry: bool = False, counter=None):
         import torch
 
         from alray.model import MCDropout, load_checkpoint
@@ -58,6 +59,7 @@ class BatchScorer:
                         else np.asarray(exclude))
         self.keep_all = keep_all
         self.carry = carry
+        self.counter = counter  # a RowCounter actor: the driver's progress on Ray
         self.score = ScoreConfig.from_dict(score)
         self.pool = PoolConfig.from_dict(pool)
         self.dims = dict(dims)
@@ -75,6 +77,8 @@ class BatchScorer:
 
         if isinstance(batch, pa.RecordBatch):
             batch = pa.Table.from_batches([batch])
+        if self.counter is not None:
+            self.counter.add.remote(batch.num_rows)  # fire and forget
         id_type = batch.schema.field(self.pool.id_column).type
         data = arrays_from_table(batch, self.pool, self.dims)
         keep = mask_excluded(data.ids, self.exclude)
@@ -138,3 +142,17 @@ class BatchScorer:
         for field, column in zip(carried.schema, carried.columns):
             table = table.append_column(field, column)
         return table
+
+
+class RowCounter:
+    """Rows scored so far, counted by the actors; the driver polls it for its progress
+    bar (the actors' outputs hold only top-k candidates, so they cannot be counted)."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def add(self, n: int) -> None:
+        self.rows += int(n)
+
+    def total(self) -> int:
+        return self.rows

@@ -144,3 +144,18 @@ def test_scores_out_holds_every_candidate_and_gives_the_same_query(ray_session, 
     for name in ("margin", "entropy"):
         assert plain[name].column("id").to_pylist() == with_scores[name].column("id").to_pylist()
     assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def test_ray_path_reports_progress_while_scoring(ray_session, tmp_path, checkpoint,
+                                                 monkeypatch):
+    from alray.scoring import pipeline
+    monkeypatch.setattr(pipeline, "POLL_S", 0.02)
+    pool = write_pool(tmp_path / "pool", [make_pool_table(40, seed=i, first_id=100 * i)
+                                          for i in range(12)])
+    seen = []
+    score_pool(pool, checkpoint, _config(strategies=("bald",), mc_samples=20), use_ray=True,
+               progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (480, 480)
+    during = [done for done, _ in seen[:-1]]
+    assert len(during) > 3 and min(during) < 480  # reported before the end
+    assert during == sorted(during) and max(during) <= 480
