@@ -12,7 +12,7 @@ import sys
 import click
 import numpy as np
 
-from alray.config import STUDY_BRANCH_WIDTHS, GeneratorConfig, PoolConfig
+from alray.config import GeneratorConfig, PoolConfig, branch_widths_for
 from alray.errors import AlrayError, ConfigError
 
 EXIT_BAD_INPUT = 2
@@ -262,8 +262,7 @@ def _run_training(pool_uri, val_uri, config, out, classes, epochs, heads, seed, 
     else:
         data = load_rows(pool_uri, config, ids=sample_labelled_ids(pool_uri, config, initial, seed))
     dims = infer_dims(pool_uri, config)
-    # the study's widths for its modalities; two blocks of 256 for any other modality
-    widths = {m: STUDY_BRANCH_WIDTHS.get(m, (256, 256)) for m in dims}
+    widths = branch_widths_for(dims)
     model_cfg = ModelConfig(n_classes=classes, heads=heads, modality_dims=dims,
                             branch_widths=widths)
     train_cfg = TrainConfig(epochs=epochs, seed=seed)
@@ -284,76 +283,6 @@ def _run_training(pool_uri, val_uri, config, out, classes, epochs, heads, seed, 
                        f"  balanced {m['balanced_accuracy']:.3f}")
     save_checkpoint(out, model, model_cfg, extra=extra)
     return {"rows": len(data), "extra": extra}
-
-
-@main.command()
-@click.option("--out", default="data/demo", show_default=True, help="Folder for the demo's files.")
-@click.option("--rows", type=int, default=250_000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--loop-steps", type=int, default=5, show_default=True)
-@friendly_errors
-def demo(out, rows, seed, loop_steps):
-    """The main job end to end on the embedded default: generate, validate, train, score."""
-    import time
-    started = time.perf_counter()
-    cfg = GeneratorConfig(rows=rows, seed=seed)
-    click.echo(f"== 1. generate a study-like pool of {rows:,} posts")
-    result = _run_generation(out, cfg)
-    click.echo("== 2. validate it")
-    report = _run_validation(result["pool"], PoolConfig(), cfg.classes, None)
-    _print_report(report)
-    if not report.ok:
-        sys.exit(EXIT_BAD_INPUT)
-    initial = min(2000, rows)
-    click.echo(f"== 3. train the passive model on {initial:,} random labels (the study's "
-               "45 epochs)")
-    _run_training(result["pool"], result["val"], PoolConfig(), f"{out}/passive.ckpt",
-                  cfg.classes, 45, "multi", seed, initial)
-    click.echo("== 4. score the pool on an embedded Ray (Ray Data actors, streaming top-k): "
-               "margin and BALD (K=20 MC dropout), 20 posts each")
-    from alray.config import ScoreConfig
-    from alray.pool.load import sample_labelled_ids
-    labelled = sample_labelled_ids(result["pool"], PoolConfig(), initial, seed)
-    score_cfg = ScoreConfig(strategies=("margin", "bald"), query_size=20, seed=seed,
-                            num_cpus_per_actor=0.5)
-    _run_scoring(result["pool"], f"{out}/passive.ckpt", score_cfg, PoolConfig(), labelled,
-                 True, None, f"{out}/query.parquet", 0, show=5)
-    click.echo(f"== 5. a short simulated active-learning loop (margin, {loop_steps} steps of 20 "
-               "posts): Ray Data scoring, a long-lived Ray Train worker fine-tuning")
-    import shutil
-    from alray.cli_loop import invoke_loop
-    shutil.rmtree(f"{out}/run-margin", ignore_errors=True)  # the pool was just regenerated
-    invoke_loop(["--pool", result["pool"], "--val", result["val"], "--run-dir",
-                 f"{out}/run-margin", "--initial", str(initial),
-                 "--steps", str(loop_steps), "--seed", str(seed), "--classes",
-                 str(cfg.classes)])
-    _demo_sweep(out)
-    click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
-
-
-def _demo_sweep(out: str) -> None:
-    """Step 6 of the demo: the shipped uncertainty experiment at its smoke size."""
-    import os
-    import shutil
-    from pathlib import Path
-
-    config = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "uncertainty.yaml"
-    if not config.exists():  # an installed package has no jobs/ folder
-        click.echo("== 6. (skipped: jobs/configs/uncertainty.yaml is not here)")
-        return
-    click.echo("== 6. a smoke sweep on Ray Tune (random, least confident, margin, entropy "
-               "x 2 seeds, paired) and its report")
-    from alray.experiments import build_sweep, read_experiment
-    from alray.report import write_report
-    from alray.sweep import run_sweep
-    sweep_dir, report_dir = f"{out}/sweep-smoke", f"{out}/report-smoke"
-    shutil.rmtree(sweep_dir, ignore_errors=True)
-    sweep = build_sweep(read_experiment(config), {"out": sweep_dir, "smoke": True})
-    run_sweep(sweep, verbose=0)
-    files = write_report(sweep_dir, report_dir)
-    click.echo(Path(report_dir, "summary.md").read_text().split("\n\n")[2])
-    click.echo(f"figures: {', '.join(os.path.basename(f) for f in files if f.endswith('.png'))}"
-               f" in {report_dir}")
 
 
 @main.command()
@@ -427,3 +356,4 @@ if __name__ == "__main__":
 from alray import cli_loop  # noqa: E402,F401
 from alray import cli_sweep  # noqa: E402,F401
 from alray import cli_correlation  # noqa: E402,F401
+from alray import cli_demo  # noqa: E402,F401

@@ -20,6 +20,11 @@ STUDY_MODALITY_DIMS = {"image": 1024, "text": 300}
 STUDY_BRANCH_WIDTHS = {"image": (512, 256), "text": (256, 256)}
 
 
+def branch_widths_for(dims: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """The study's branch widths for its modalities; two blocks of 256 for any other."""
+    return {m: STUDY_BRANCH_WIDTHS.get(m, (256, 256)) for m in dims}
+
+
 class _Config:
     """Shared behaviour of the config dataclasses: dict/YAML round trip, one ConfigError."""
 

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from alray.config import STUDY_BRANCH_WIDTHS, LoopConfig
+from alray.config import LoopConfig, branch_widths_for
 from alray.errors import ConfigError, EmptyPoolError, LabelsError, StateError
 from alray.loop.state import RunDir
 from alray.pool import io
@@ -26,8 +26,7 @@ def shape_model(config: LoopConfig, n_classes: int | None = None) -> LoopConfig:
         if n_classes < 2:
             raise LabelsError(f"{config.pool_uri}, {config.val_uri}: cannot infer the class "
                               "count from the labels; give --classes")
-    # the study's widths for its modalities; two blocks of 256 for any other modality
-    widths = {m: STUDY_BRANCH_WIDTHS.get(m, (256, 256)) for m in dims}
+    widths = branch_widths_for(dims)
     model = config.model.replace(modality_dims=dims, branch_widths=widths, n_classes=n_classes)
     return config.replace(model=model)
 

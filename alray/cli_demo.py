@@ -1,0 +1,88 @@
+"""``alray demo``: the main job end to end on the embedded default (README command 1).
+
+Generate a study-like pool, validate it, train the passive model, score it on Ray Data,
+run a short simulated loop (Ray Data scoring, Ray Train fine-tuning) and a smoke sweep on
+Ray Tune with its report.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from alray.cli import (
+    EXIT_BAD_INPUT, _print_report, _run_generation, _run_scoring, _run_training,
+    _run_validation,
+    friendly_errors, main)
+from alray.config import GeneratorConfig, PoolConfig
+
+
+@main.command()
+@click.option("--out", default="data/demo", show_default=True, help="Folder for the demo's files.")
+@click.option("--rows", type=int, default=250_000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--loop-steps", type=int, default=5, show_default=True)
+@friendly_errors
+def demo(out, rows, seed, loop_steps):
+    """The main job end to end on the embedded default: generate, validate, train, score,
+    a short loop and a smoke sweep with its report."""
+    import time
+    started = time.perf_counter()
+    cfg = GeneratorConfig(rows=rows, seed=seed)
+    click.echo(f"== 1. generate a study-like pool of {rows:,} posts")
+    result = _run_generation(out, cfg)
+    click.echo("== 2. validate it")
+    report = _run_validation(result["pool"], PoolConfig(), cfg.classes, None)
+    _print_report(report)
+    if not report.ok:
+        sys.exit(EXIT_BAD_INPUT)
+    initial = min(2000, rows)
+    click.echo(f"== 3. train the passive model on {initial:,} random labels (the study's "
+               "45 epochs)")
+    _run_training(result["pool"], result["val"], PoolConfig(), f"{out}/passive.ckpt",
+                  cfg.classes, 45, "multi", seed, initial)
+    click.echo("== 4. score the pool on an embedded Ray (Ray Data actors, streaming top-k): "
+               "margin and BALD (K=20 MC dropout), 20 posts each")
+    from alray.config import ScoreConfig
+    from alray.pool.load import sample_labelled_ids
+    labelled = sample_labelled_ids(result["pool"], PoolConfig(), initial, seed)
+    score_cfg = ScoreConfig(strategies=("margin", "bald"), query_size=20, seed=seed,
+                            num_cpus_per_actor=0.5)
+    _run_scoring(result["pool"], f"{out}/passive.ckpt", score_cfg, PoolConfig(), labelled,
+                 True, None, f"{out}/query.parquet", 0, show=5)
+    click.echo(f"== 5. a short simulated active-learning loop (margin, {loop_steps} steps of 20 "
+               "posts): Ray Data scoring, a long-lived Ray Train worker fine-tuning")
+    import shutil
+    from alray.cli_loop import invoke_loop
+    shutil.rmtree(f"{out}/run-margin", ignore_errors=True)  # the pool was just regenerated
+    invoke_loop(["--pool", result["pool"], "--val", result["val"], "--run-dir",
+                 f"{out}/run-margin", "--initial", str(initial),
+                 "--steps", str(loop_steps), "--seed", str(seed), "--classes",
+                 str(cfg.classes)])
+    _demo_sweep(out)
+    click.echo(f"demo finished in {time.perf_counter() - started:.1f} s")
+
+
+def _demo_sweep(out: str) -> None:
+    """Step 6 of the demo: the shipped uncertainty experiment at its smoke size."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "uncertainty.yaml"
+    if not config.exists():  # an installed package has no jobs/ folder
+        click.echo("== 6. (skipped: jobs/configs/uncertainty.yaml is not here)")
+        return
+    click.echo("== 6. a smoke sweep on Ray Tune (random, least confident, margin, entropy "
+               "x 2 seeds, paired) and its report")
+    from alray.experiments import build_sweep, read_experiment
+    from alray.report import write_report
+    from alray.sweep import run_sweep
+    sweep_dir, report_dir = f"{out}/sweep-smoke", f"{out}/report-smoke"
+    shutil.rmtree(sweep_dir, ignore_errors=True)
+    sweep = build_sweep(read_experiment(config), {"out": sweep_dir, "smoke": True})
+    run_sweep(sweep, verbose=0)
+    files = write_report(sweep_dir, report_dir)
+    click.echo(Path(report_dir, "summary.md").read_text().split("\n\n")[2])
+    click.echo(f"figures: {', '.join(os.path.basename(f) for f in files if f.endswith('.png'))}"
+               f" in {report_dir}")
