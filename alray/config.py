@@ -40,9 +40,16 @@ class _Config:
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
 
+    # option -> config class, for options that are configs themselves (plain data in,
+    # objects out, so a run.json round-trips to an equal config)
+    _NESTED: dict = {}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None):
         data = dict(data or {})
+        for name, kind in cls._NESTED.items():
+            if isinstance(data.get(name), Mapping):
+                data[name] = kind.from_dict(data[name])
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -295,17 +302,8 @@ class LoopConfig(_Config):
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
-    # nested configs: their own from_dict, so a run.json round-trips to equal objects
     _NESTED = {"columns": PoolConfig, "model": ModelConfig, "train": TrainConfig,
                "score": ScoreConfig}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None):
-        data = dict(data or {})
-        for name, kind in cls._NESTED.items():
-            if isinstance(data.get(name), Mapping):
-                data[name] = kind.from_dict(data[name])
-        return super().from_dict.__func__(cls, data)
 
     def _check(self) -> list[str]:
         problems = []
@@ -394,12 +392,7 @@ class SweepConfig(_Config):
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0  # 0: as many trials as the resources allow
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None):
-        data = dict(data or {})
-        if isinstance(data.get("loop"), Mapping):
-            data["loop"] = LoopConfig.from_dict(data["loop"])
-        return super().from_dict.__func__(cls, data)
+    _NESTED = {"loop": LoopConfig}
 
     def _check(self) -> list[str]:
         problems = []

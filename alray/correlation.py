@@ -230,12 +230,12 @@ def _draw_and_load(pool_uri: str, val_uri: str, columns: PoolConfig, model: Mode
                    seeds: list[int], initial: int, candidates: int):
     """Per seed ``(initial rows, candidate rows)`` (one read of the pool for every seed;
     the initial set is the loop's for that seed, in its order) and the validation rows."""
-    from alray.pool.load import load_rows, read_ids_and_labels, sample_labelled_ids
+    from alray.pool.load import draw_labelled, load_rows, read_ids_and_labels
 
     ids, labels = read_ids_and_labels(pool_uri, columns)
     picks = {}
     for seed in seeds:
-        start = sample_labelled_ids(pool_uri, columns, initial, seed)
+        start = draw_labelled(ids, labels, initial, seed, pool_uri)[0]
         picks[seed] = (start, sample_candidates(ids, labels, start, candidates, seed))
     needed = np.unique(np.concatenate([np.concatenate(p) for p in picks.values()]))
     data, val = load_rows(pool_uri, columns, ids=needed), load_rows(val_uri, columns)

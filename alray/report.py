@@ -16,10 +16,7 @@ METRICS = ("accuracy", "macro_f1")
 
 def plot_run(metrics: pa.Table, out: str | os.PathLike, title: str = "") -> str:
     """Write a PNG of ``metrics`` (the run's metrics table) to ``out``; returns the path."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display on servers and clusters
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = metrics.to_pydict()
     heads = sorted({name.rsplit("_", 1)[0] for name in rows if name.endswith("_accuracy")
                     and not name.endswith("balanced_accuracy")})
@@ -33,12 +30,7 @@ def plot_run(metrics: pa.Table, out: str | os.PathLike, title: str = "") -> str:
         ax.grid(alpha=0.3)
     axes[0].legend(title="head")
     fig.suptitle(title)
-    out = os.fspath(out)
-    tmp = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return _save(fig, plt, os.fspath(out))
 
 
 __all__ = ["plot_run"]
@@ -166,7 +158,7 @@ def curve_bands(curves, metric: str = "accuracy"):
 # --- pictures and the summary ----------------------------------------------------------
 def _pyplot():
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only: no display on servers and clusters
     import matplotlib.pyplot as plt
     return plt
 

@@ -75,6 +75,7 @@ class Session:
         self.val = load_rows(self.config.val_uri, self.config.columns)
         self.state = run.read_state()
         self.weights, self.train_state = None, None
+        self._pool_labelled = None  # assessors: the pool's own labelled ids, read once
         if self.state.step >= 0:
             self._load_checkpoint(self.state.checkpoint)
         self.data = self._load_labelled()
@@ -120,15 +121,14 @@ class Session:
 
     # --- step 0 -------------------------------------------------------------------------
     def _initial_rows(self) -> pa.Table:
-        from alray.pool.load import load_rows, read_ids_and_labels, sample_labelled_ids
+        from alray.pool.load import draw_labelled, load_rows, read_ids_and_labels
 
         rows = self._rows_of(0)
         if rows is None:
             cfg = self.config
-            ids = sample_labelled_ids(cfg.pool_uri, cfg.columns, cfg.initial, cfg.seed)
             pool_ids, pool_labels = read_ids_and_labels(cfg.pool_uri, cfg.columns)
-            order = np.argsort(pool_ids, kind="stable")
-            labels = pool_labels[order][np.searchsorted(pool_ids[order], ids)]
+            ids, labels = draw_labelled(pool_ids, pool_labels, cfg.initial, cfg.seed,
+                                        cfg.pool_uri)
             rows = self._label_rows(ids, labels, 0, "initial", pool_ids.dtype)
             self._write_label_rows(0, rows)
         labels = dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist()))
@@ -175,8 +175,11 @@ class Session:
         table = self.run.read_labels(up_to_step=self.state.step)
         ids = table.column("id").to_numpy(zero_copy_only=False)
         if self.config.assessors:
-            pool_ids, pool_labels = read_ids_and_labels(self.config.pool_uri, self.config.columns)
-            ids = np.concatenate([ids, pool_ids[pool_labels >= 0]])
+            if self._pool_labelled is None:  # once a session: the pool cannot change in it
+                pool_ids, pool_labels = read_ids_and_labels(self.config.pool_uri,
+                                                            self.config.columns)
+                self._pool_labelled = pool_ids[pool_labels >= 0]
+            ids = np.concatenate([ids, self._pool_labelled])
         return ids
 
     def _append_data(self, query: pa.Table, rows: pa.Table) -> None:

@@ -22,12 +22,20 @@ def read_ids_and_labels(uri: str, pool: PoolConfig) -> tuple[np.ndarray, np.ndar
 def sample_labelled_ids(uri: str, pool: PoolConfig, n: int, seed: int) -> np.ndarray:
     """``n`` distinct labelled ids drawn uniformly without replacement, seeded."""
     ids, labels = read_ids_and_labels(uri, pool)
-    labelled = ids[labels >= 0]
-    if n > len(labelled):
+    return draw_labelled(ids, labels, n, seed, uri)[0]
+
+
+def draw_labelled(ids: np.ndarray, labels: np.ndarray, n: int, seed: int, uri: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct labelled posts of ``(ids, labels)`` (as ``read_ids_and_labels``
+    returns them), drawn uniformly without replacement, seeded: ``(ids, labels)``."""
+    keep = labels >= 0
+    if n > int(keep.sum()):
         raise EmptyPoolError(f"{uri}: {n:,} initial labels asked, the pool has "
-                             f"{len(labelled):,} labelled posts")
-    order = np.argsort(labelled, kind="stable")  # independent of shard order
-    return labelled[order][np.random.default_rng(seed).choice(len(labelled), n, replace=False)]
+                             f"{int(keep.sum()):,} labelled posts")
+    order = np.argsort(ids[keep], kind="stable")  # independent of shard order
+    picked = order[np.random.default_rng(seed).choice(len(order), n, replace=False)]
+    return ids[keep][picked], labels[keep][picked]
 
 
 def load_rows(uri: str, pool: PoolConfig, ids: np.ndarray | None = None,
