@@ -12,8 +12,8 @@ import torch
 from alray.config import ModelConfig
 from alray.errors import CheckpointError
 from alray.model import (
-    FusionNet, LossPredictor, MultiHeadLoss, check_fits, load_checkpoint, per_sample_loss,
-    ranking_loss, save_checkpoint)
+    FusionNet, LossPredictor, MultiHeadLoss, check_fits, load_checkpoint, load_train_state,
+    per_sample_loss, ranking_loss, save_checkpoint)
 
 from tests.unit.model_helpers import SMALL, build
 
@@ -228,6 +228,29 @@ def test_corrupt_or_missing_checkpoint_raises(tmp_path):
     (path / "model.json").unlink()
     with pytest.raises(CheckpointError, match="missing model.json"):
         load_checkpoint(path)
+
+
+class _Payload:
+    """Unpickling this would create a file: a checkpoint must never run it."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_checkpoint_holding_code_is_refused_without_running_it(tmp_path):
+    path = tmp_path / "ckpt"
+    save_checkpoint(path, build(), SMALL)
+    marker = tmp_path / "ran"
+    torch.save({"w": _Payload(marker)}, path / "weights.pt")
+    with pytest.raises(CheckpointError, match="weights.pt"):
+        load_checkpoint(path)
+    torch.save({"step": _Payload(marker)}, path / "train_state.pt")
+    with pytest.raises(CheckpointError, match="train_state.pt"):
+        load_train_state(path)
+    assert not marker.exists()
 
 
 def test_check_fits_names_both_sides():

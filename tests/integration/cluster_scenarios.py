@@ -1,0 +1,200 @@
+"""Fault scenarios on a simulated multi-node cluster, each run in its own process.
+
+    python -m tests.integration.cluster_scenarios SCENARIO OUT.json [ARGS...]
+
+The process builds a ``ray.cluster_utils.Cluster`` (a head with no CPUs, so all work runs
+on two worker nodes of 2 CPUs each), drives the scenario, kills a worker node with
+SIGKILL of all its processes (``remove_node(allow_graceful=False)``) at the chosen
+moment, writes what it observed to OUT.json and shuts its cluster down. A separate
+process because the test session has its own local Ray, and a driver belongs to one
+cluster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+# node death is noticed within ~2 s instead of the default ~15 s health-check window
+SYSTEM_CONFIG = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                 "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
+NODE_CPUS = 2
+OBJECT_STORE = 150 * 2**20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster():
+    from ray.cluster_utils import Cluster
+
+    temp = tempfile.mkdtemp(prefix="alray-cluster-")
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": OBJECT_STORE,
+        "temp_dir": temp, "dashboard_agent_listen_port": free_port(),
+        "_system_config": SYSTEM_CONFIG})
+    workers = [cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=OBJECT_STORE)
+               for _ in range(2)]
+    cluster.wait_for_nodes()
+    return cluster, workers
+
+
+def node_of(pid: int, nodes) -> object | None:
+    """The cluster node whose raylet is an ancestor of process ``pid``."""
+    raylets = {node.all_processes["raylet"][0].process.pid: node for node in nodes}
+    while pid > 1:
+        if pid in raylets:
+            return raylets[pid]
+        pid = _parent(pid)
+    return None
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def pids_named(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def kill_node(cluster, node) -> None:
+    cluster.remove_node(node, allow_graceful=False)
+
+
+def scoring(out: str, pool: str, checkpoint: str) -> None:
+    """Remove the node of a scoring actor once a quarter of the rows are scored."""
+    from alray.config import ScoreConfig
+    from alray.scoring.pipeline import score_pool
+
+    cluster, workers = start_cluster()
+    seen = {"killed": None, "at_rows": None}
+    lock = threading.Lock()
+
+    def progress(done: int, total: int) -> None:
+        with lock:
+            if seen["killed"] or not 0 < done < total // 4 * 3:
+                return
+            hosts = {node_of(pid, workers) for pid in pids_named("BatchScorer")} - {None}
+            if not hosts:
+                return
+            victim = sorted(hosts, key=lambda n: n.unique_id)[0]
+            seen["killed"], seen["at_rows"], seen["total"] = victim.unique_id, done, total
+            kill_node(cluster, victim)
+
+    config = ScoreConfig(strategies=("margin", "bald"), query_size=25, mc_samples=8,
+                         batch_size=100, actors=2, num_cpus_per_actor=0.5)
+    try:
+        queries = score_pool(pool, checkpoint, config, address=cluster.address,
+                             progress=progress)
+        seen["queries"] = {s: t.column("id").to_pylist() for s, t in queries.items()}
+        seen["scores"] = {s: t.column("score").to_pylist() for s, t in queries.items()}
+    finally:
+        _write(out, seen)
+        _shutdown(cluster)
+
+
+def training(out: str, *loop_args: str) -> None:
+    """Remove the node of the training worker when step 2's fine-tuning is requested."""
+    from alray.cli_loop import invoke_loop
+    from alray.train import service
+
+    cluster, workers = start_cluster()
+    seen = {"killed": None, "fine_tunes": 0}
+    original = service.RayTraining.run
+
+    def run(self, request):
+        seen["fine_tunes"] += request["op"] == "fine_tune"
+        if seen["fine_tunes"] == 2 and seen["killed"] is None:
+            victim = node_of(self._group.pids[0], workers)
+            seen["killed"] = victim.unique_id
+            kill_node(cluster, victim)
+        reply = original(self, request)
+        seen["restarts"] = self.restarts
+        return reply
+
+    service.RayTraining.run = run
+    try:
+        outcome = invoke_loop([*loop_args, "--address", cluster.address])
+        seen["status"], seen["step"] = outcome.status, outcome.step
+    finally:
+        _write(out, seen)
+        _shutdown(cluster)
+
+
+def driver(out: str, job: str, run_dir: str, *loop_args: str) -> None:
+    """SIGKILL the loop's driver (the process `ray job submit` starts) once step 1 is
+    committed, then submit it again."""
+    cluster, _ = start_cluster()
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    command = [sys.executable, job, "--run-dir", run_dir, *loop_args]
+    seen = {}
+    try:
+        first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT)
+        seen["killed_after_step"] = _wait_for_step(run_dir, 1, first)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        again = subprocess.run(command, env=env, capture_output=True, text=True)
+        seen["returncode"], seen["stdout"] = again.returncode, again.stdout[-3000:]
+        seen["stderr"] = again.stderr[-3000:]
+    finally:
+        _write(out, seen)
+        _shutdown(cluster)
+
+
+def _wait_for_step(run_dir: str, step: int, proc: subprocess.Popen,
+                   timeout_s: float = 300) -> int:
+    deadline = time.monotonic() + timeout_s
+    state = os.path.join(run_dir, "state.json")
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the loop exited {proc.returncode} before step {step}: "
+                               f"{proc.stdout.read().decode()[-3000:]}")
+        try:
+            with open(state) as f:
+                done = json.load(f)["step"]
+        except (OSError, ValueError, KeyError):
+            done = -1
+        if done >= step:
+            return done
+        time.sleep(0.05)
+    raise RuntimeError(f"step {step} not committed within {timeout_s} s")
+
+
+def _write(out: str, seen: dict) -> None:
+    with open(out + ".tmp", "w") as f:
+        json.dump(seen, f)
+    os.replace(out + ".tmp", out)
+
+
+def _shutdown(cluster) -> None:
+    import ray
+
+    ray.shutdown()
+    cluster.shutdown()
+
+
+if __name__ == "__main__":
+    scenario, out, *args = sys.argv[1:]
+    {"scoring": scoring, "training": training, "driver": driver}[scenario](out, *args)
