@@ -1,9 +1,11 @@
 """Connecting to Ray: the embedded local Ray by default, a cluster when an address is given.
 
-The library never reads the environment itself; ``ray.init`` does (``RAY_ADDRESS``), which
-is how ``ray job submit`` hands a job its cluster.
+``RAY_ADDRESS`` (how ``ray job submit`` hands a job its cluster) is honoured; without it
+and without an address the embedded Ray is always a new one of this process.
 """
 from __future__ import annotations
+
+import os
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -12,7 +14,10 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    if address:
+    if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+        # "local": a plain ray.init() would join whatever cluster `ray start` last left
+        # on this machine (Ray records it in its temp dir); the embedded default is ours
+        ray.init(address="local", include_dashboard=False, ignore_reinit_error=True,
+                 log_to_driver=False)

@@ -85,7 +85,7 @@ def main() -> None:
         run_loop(new_run(run_dir, config), ComputeConfig(local=True))
         alone += time.perf_counter() - started
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     one = sweep_for(root / "one", ["random"], [0])
     with PeakMemory() as mem_one:
         started = time.perf_counter()

@@ -81,7 +81,8 @@ def main() -> None:
 
     if args.num_cpus:
         import ray
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
+                 log_to_driver=False)
     ensure_ray()
     storage = tempfile.mkdtemp(prefix="alray-bench-train-")
     rows = [row("in-process run_request", local, local,

@@ -22,7 +22,7 @@ def ray_session():
     """One local Ray for the whole session: 2 CPUs, no dashboard, a private temp dir."""
     import ray
     temp = tempfile.mkdtemp(prefix="alray-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=512 * 2**20, _temp_dir=temp,
              runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
     yield ray

@@ -121,14 +121,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"checkpoint {path}: bad architecture in {MODEL_JSON}: "
                               f"{exc}") from None
     state = _load_tensors(path / WEIGHTS, map_location)
+    model = model_from_state(config, state, f"checkpoint {path}: {WEIGHTS}", map_location)
+    return model, config, dict(meta.get("extra") or {})
+
+
+def model_from_state(config: ModelConfig, weights: Mapping[str, torch.Tensor],
+                     source: str = "weights", map_location: str | torch.device = "cpu"
+                     ) -> FusionNet:
+    """The model (eval mode) of architecture ``config`` with ``weights`` (a state_dict);
+    CheckpointError naming ``source`` when they do not match."""
     model = FusionNet(config)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(weights)
     except (RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path}: {WEIGHTS} does not match the "
-                              f"architecture in {MODEL_JSON}: {exc}") from None
-    model.to(map_location).eval()
-    return model, config, dict(meta.get("extra") or {})
+        raise CheckpointError(f"{source} does not match the architecture "
+                              f"{config.to_dict()}: {exc}") from None
+    return model.to(map_location).eval()
 
 
 def load_train_state(path: str | Path, map_location: str | torch.device = "cpu"

@@ -175,3 +175,4 @@ def test_the_job_server_refuses_a_client_without_the_token(head):
     wrong = {"Authorization": "Bearer " + "0" * 64}
     assert requests.get(f"{url}/api/jobs/", headers=wrong, timeout=10).status_code == 403
     assert requests.get(f"{url}/api/jobs/", headers=token_header(), timeout=10).ok
+
