@@ -357,3 +357,4 @@ from alray import cli_loop  # noqa: E402,F401
 from alray import cli_sweep  # noqa: E402,F401
 from alray import cli_correlation  # noqa: E402,F401
 from alray import cli_demo  # noqa: E402,F401
+from alray import cli_serve  # noqa: E402,F401

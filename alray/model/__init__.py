@@ -3,7 +3,8 @@
 Plain torch: importing this package never imports Ray.
 """
 from alray.model.checkpoint import (
-    check_fits, load_checkpoint, load_train_state, read_model_json, save_checkpoint)
+    check_fits, load_checkpoint, load_model, load_train_state, model_state, read_model_json,
+    save_checkpoint)
 from alray.model.fusion import Block, FusionNet, FusionOutput, as_tensors
 from alray.model.loss import (
     FUSED, LossOutput, LossPredictor, MultiHeadLoss, per_sample_loss, ranking_loss)
@@ -13,7 +14,7 @@ from alray.model.mc import (
 __all__ = [
     "Block", "FUSED", "FusionNet", "FusionOutput", "LossOutput", "LossPredictor",
     "MCDropout", "MultiHeadLoss", "as_tensors", "check_fits", "dropout_masks",
-    "layer_seed", "load_checkpoint", "load_train_state", "mc_forward_reference",
-    "mc_statistics", "per_sample_loss", "ranking_loss", "read_model_json",
+    "layer_seed", "load_checkpoint", "load_model", "load_train_state", "mc_forward_reference",
+    "mc_statistics", "model_state", "per_sample_loss", "ranking_loss", "read_model_json",
     "save_checkpoint",
 ]

@@ -125,6 +125,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     return model, config, dict(meta.get("extra") or {})
 
 
+def model_state(model: FusionNet) -> dict:
+    """The model as plain data (architecture and CPU weights): what travels to scoring
+    actors through Ray's object store, so no node but the driver reads the checkpoint."""
+    return {"architecture": model.config.to_dict(),
+            "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def load_model(source: str | Path | Mapping, map_location: str | torch.device = "cpu"
+               ) -> tuple[FusionNet, ModelConfig]:
+    """The model (eval mode) and its config from a checkpoint path or a ``model_state``."""
+    if isinstance(source, Mapping):
+        config = ModelConfig.from_dict(source["architecture"])
+        return model_from_state(config, source["weights"], "model state", map_location), config
+    model, config, _ = load_checkpoint(source, map_location)
+    return model, config
+
+
 def model_from_state(config: ModelConfig, weights: Mapping[str, torch.Tensor],
                      source: str = "weights", map_location: str | torch.device = "cpu"
                      ) -> FusionNet:

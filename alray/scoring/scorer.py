@@ -33,7 +33,8 @@ def output_schema(id_type: pa.DataType = pa.int64()) -> pa.Schema:
 class BatchScorer:
     """Callable class for ``Dataset.map_batches`` (or direct in-process calls).
 
-    checkpoint: checkpoint directory. score / pool: ``ScoreConfig.to_dict()`` /
+    checkpoint: checkpoint directory, or a ``model_state`` (or a Ray ObjectRef to one:
+    then only the driver reads the checkpoint). score / pool: ``ScoreConfig.to_dict()`` /
     ``PoolConfig.to_dict()``. dims: modality -> embedding dim. exclude: sorted array of
     ids never to return (or a Ray ObjectRef to one). num_threads: torch threads (set
     it to the CPUs the actor was given). device: "cpu" or "cuda". counter: a
@@ -42,19 +43,16 @@ class BatchScorer:
     candidates' pool columns (embeddings, label) to the output.
     """
 
-    def __init__(self, checkpoint: str, score: Mapping, pool: Mapping, dims: Mapping,
-                 exclude=None, num_threads: int | None = None, device: str = "cpu",
+    def __init__(self, checkpoint: str | Mapping, score: Mapping, pool: Mapping,
+                 dims: Mapping, exclude=None, num_threads: int | None = None, device: str = "cpu",
                  keep_all: bool = False, carry: bool = False, counter=None):
         import torch
 
-        from alray.model import MCDropout, load_checkpoint
+        from alray.model import MCDropout, load_model
 
         if num_threads:
             torch.set_num_threads(int(num_threads))
-        if exclude is not None and not isinstance(exclude, np.ndarray):
-            import ray  # only when the driver put the ids in the object store
-            if isinstance(exclude, ray.ObjectRef):
-                exclude = ray.get(exclude)
+        exclude = _resolved(exclude)
         self.exclude = (np.zeros(0, np.int64) if exclude is None
                         else np.asarray(exclude))
         self.keep_all = keep_all
@@ -64,7 +62,7 @@ class BatchScorer:
         self.pool = PoolConfig.from_dict(pool)
         self.dims = dict(dims)
         self.device = torch.device(device)
-        self.model, self.config, _ = load_checkpoint(checkpoint, map_location=self.device)
+        self.model, self.config = load_model(_resolved(checkpoint), map_location=self.device)
         self.model.eval()
         self.needs = needs_of(self.score.strategies)
         self.mc = (MCDropout(self.model, self.score.mc_samples, self.score.seed)
@@ -156,3 +154,12 @@ class RowCounter:
 
     def total(self) -> int:
         return self.rows
+
+
+def _resolved(value):
+    """``value``, or what it refers to when the driver put it in Ray's object store (an
+    ObjectRef in constructor arguments is not resolved by Ray Data)."""
+    if type(value).__name__ != "ObjectRef":
+        return value
+    import ray
+    return ray.get(value)

@@ -1,0 +1,112 @@
+"""``alray serve`` (the online scoring service) and ``alray online queue`` (its routed
+posts -> the run's next query for assessors). ``jobs/serve.py`` runs the same command."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from alray.cli import friendly_errors, main, pool_config, pool_options
+from alray.errors import ConfigError
+
+TOKEN_ENV = "ALRAY_SERVE_TOKEN"
+
+
+def read_token(token_file: str | None) -> str | None:
+    """The bearer token: the file's first line, else $ALRAY_SERVE_TOKEN, else None."""
+    if token_file:
+        try:
+            with open(token_file) as f:
+                token = f.readline().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file {token_file}: cannot read it ({exc.strerror})"
+                              ) from None
+        if not token:
+            raise ConfigError(f"--token-file {token_file}: the file is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+@main.command()
+@click.option("--checkpoint", default=None,
+              help="Checkpoint to serve [default: the --run-dir's latest].")
+@click.option("--run-dir", default=None,
+              help="Loop run: routed posts go to RUN/online/, new checkpoints are served.")
+@click.option("--strategy", default="margin", show_default=True,
+              help="Scores returned, comma-separated; the first routes posts.")
+@click.option("--route-budget", type=float, default=0.02, show_default=True,
+              help="Share of posts routed to assessors.")
+@click.option("--calibration-pool", default=None,
+              help="Pool whose scores set the first threshold [default: first traffic].")
+@click.option("--calibration-rows", type=int, default=20_000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--replicas", type=int, default=1, show_default=True)
+@click.option("--min-replicas", type=int, default=None, help="Autoscale from this many...")
+@click.option("--max-replicas", type=int, default=None, help="... to this many replicas.")
+@click.option("--num-cpus", type=float, default=1.0, show_default=True,
+              help="CPUs per replica (its torch threads).")
+@click.option("--num-gpus", type=float, default=0.0, show_default=True,
+              help="GPUs per replica.")
+@click.option("--batch-requests", type=int, default=16, show_default=True,
+              help="Requests joined into one forward pass (serve.batch).")
+@click.option("--batch-wait-ms", type=float, default=5.0, show_default=True)
+@click.option("--max-body-mb", type=float, default=64.0, show_default=True)
+@click.option("--top-classes", type=int, default=3, show_default=True)
+@click.option("--mc-samples", type=int, default=20, show_default=True)
+@click.option("--head", default="fused", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--poll-s", type=float, default=2.0, show_default=True,
+              help="How often replicas look for a new checkpoint.")
+@click.option("--id-type", type=click.Choice(["int64", "string"]), default="int64",
+              show_default=True)
+@click.option("--token-file", default=None,
+              help=f"Bearer token required on every request [default: ${TOKEN_ENV}].")
+@click.option("--address", default=None, help="Ray cluster [default: embedded Ray].")
+@pool_options
+@friendly_errors
+def serve(**p):
+    """Score posts over HTTP as they arrive and route the uncertain ones to assessors."""
+    from alray.serve.config import ServeConfig
+    from alray.serve.runner import serve_forever
+
+    token = read_token(p["token_file"])
+    config = ServeConfig(
+        checkpoint=p["checkpoint"], run_dir=p["run_dir"],
+        strategies=tuple(s.strip() for s in p["strategy"].split(",") if s.strip()),
+        head=p["head"], mc_samples=p["mc_samples"], seed=p["seed"],
+        route_budget=p["route_budget"], top_classes=p["top_classes"],
+        calibration_pool=p["calibration_pool"], calibration_rows=p["calibration_rows"],
+        host=p["host"], port=p["port"], replicas=p["replicas"],
+        min_replicas=p["min_replicas"], max_replicas=p["max_replicas"],
+        num_cpus=p["num_cpus"], num_gpus=p["num_gpus"],
+        max_batch_requests=p["batch_requests"], batch_wait_s=p["batch_wait_ms"] / 1000,
+        max_body_mb=p["max_body_mb"], poll_s=p["poll_s"], id_type=p["id_type"],
+        columns=pool_config(p["id_column"], p["label_column"], p["embedding_columns"]))
+    if p["host"] not in ("127.0.0.1", "localhost", "::1") and token is None:
+        click.echo(f"alray: warning: serving on {p['host']} without a token "
+                   f"(--token-file or ${TOKEN_ENV})", err=True)
+    summary = serve_forever(config, token, p["address"], echo=click.echo)
+    click.echo(f"stopped: {summary['posts_seen']:,} posts scored, "
+               f"{summary['posts_routed']:,} routed"
+               + (f" (in {summary['routed_dir']})" if summary["routed_dir"] else ""))
+
+
+@main.group()
+def online():
+    """The online service's routed posts."""
+
+
+@online.command("queue")
+@click.argument("run_dir")
+@friendly_errors
+def queue(run_dir):
+    """Make the posts `alray serve` routed in RUN_DIR its next query for assessors."""
+    from alray.serve.queue import queue_routed
+
+    out = queue_routed(run_dir)
+    click.echo(f"step {out['step']}: {out['queued']} routed posts queued in {out['query']} "
+               f"({out['dropped']} already labelled or sent twice)"
+               + (f"; new pool shard {out['pool_shard']}" if out["pool_shard"] else ""))
+    click.echo(f"label it, then: alray labels import {run_dir} FILE && "
+               f"alray loop --run-dir {run_dir} --resume")

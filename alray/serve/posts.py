@@ -1,0 +1,238 @@
+"""Request bodies -> one checked table of posts (no Ray, no torch).
+
+Every body becomes the same table: the id column (int64 or string) and one
+``fixed_size_list<float32>[dim]`` column per modality, null where the post has none.
+A body with any bad post is refused whole, with every problem named by the post's
+index and id (``BadRequest``), so a client never has to guess which posts were scored.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alray.config import PoolConfig
+
+JSON_TYPES = ("application/json",)
+ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
+PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
+MAX_LISTED = 100  # problems listed in an answer; all are counted
+
+
+@dataclass
+class BadRequest(Exception):
+    """A 4xx answer: ``status``, one ``error`` line and the per-post ``problems``."""
+
+    status: int
+    error: str
+    problems: list[dict] = field(default_factory=list)
+
+    def body(self) -> dict:
+        out = {"error": self.error}
+        if self.problems:
+            out["problems"] = self.problems[:MAX_LISTED]
+            out["problem_count"] = len(self.problems)
+        return out
+
+
+def parse_posts(body: bytes, content_type: str, columns: PoolConfig,
+                dims: Mapping[str, int], id_type: str) -> pa.Table:
+    """The checked posts table of a request body; ``BadRequest`` otherwise."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind in JSON_TYPES or kind == "":
+        table = _from_json(body, columns, dims, id_type)
+    elif kind in ARROW_TYPES or kind in PARQUET_TYPES:
+        table = _from_arrow(_read_arrow(body, kind), columns, dims, id_type)
+    else:
+        raise BadRequest(415, f"unsupported Content-Type {content_type!r}; send one of "
+                              f"{', '.join(JSON_TYPES + ARROW_TYPES + PARQUET_TYPES)}")
+    if table.num_rows == 0:
+        raise BadRequest(400, "the request holds no posts")
+    return table
+
+
+# --- JSON ------------------------------------------------------------------------------
+def _from_json(body: bytes, columns: PoolConfig, dims, id_type: str) -> pa.Table:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(400, f"malformed JSON body: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("posts"), list):
+        raise BadRequest(400, 'the body must be a JSON object {"posts": [...]}')
+    extra = sorted(set(data) - {"posts"})
+    if extra:
+        raise BadRequest(400, f"unknown top-level field(s) {', '.join(extra)}; only "
+                              '"posts" is allowed')
+    posts = data["posts"]
+    allowed = {columns.id_column, *columns.embedding_columns.values()}
+    problems: list[dict] = []
+    ids, vectors = [], {m: [] for m in columns.embedding_columns}
+    for index, post in enumerate(posts):
+        if not isinstance(post, dict):
+            problems.append(_problem(index, None, None, "a post must be a JSON object"))
+            ids.append(None)
+            continue
+        key = post.get(columns.id_column)
+        for name in sorted(set(post) - allowed):
+            problems.append(_problem(index, key, name, f"unknown field {name!r}; allowed: "
+                                                       f"{', '.join(sorted(allowed))}"))
+        ids.append(key)
+        for modality, column in columns.embedding_columns.items():
+            vectors[modality].append(_json_vector(post.get(column), dims[modality],
+                                                  index, key, column, problems))
+    ids = _check_ids(ids, id_type, problems)
+    table = pa.table({columns.id_column: ids, **{
+        column: _fixed_list(vectors[m], dims[m])
+        for m, column in columns.embedding_columns.items()}})
+    _check_present(table, columns, problems)
+    _raise_if_any(problems)
+    return table
+
+
+def _json_vector(value, dim: int, index: int, key, column: str, problems: list
+                 ) -> np.ndarray | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        problems.append(_problem(index, key, column, "an embedding must be a list of "
+                                                     "numbers or null"))
+        return None
+    if len(value) != dim:
+        problems.append(_problem(index, key, column, f"{len(value)} values, expected {dim}"))
+        return None
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        problems.append(_problem(index, key, column, "an embedding holds a non-number"))
+        return None
+    vector = np.asarray(value, dtype=np.float64).astype(np.float32)
+    if not np.isfinite(vector).all():
+        problems.append(_problem(index, key, column, "NaN or infinite value (or beyond "
+                                                     "float32's range)"))
+        return None
+    return vector
+
+
+def _fixed_list(rows: list, dim: int) -> pa.Array:
+    present = np.array([r is not None for r in rows], dtype=bool)
+    matrix = np.zeros((len(rows), dim), dtype=np.float32)
+    if present.any():
+        matrix[present] = np.stack([r for r in rows if r is not None])
+    mask = None if present.all() else pa.array(~present)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim, mask=mask)
+
+
+# --- Arrow IPC and Parquet ---------------------------------------------------------------
+def _read_arrow(body: bytes, kind: str) -> pa.Table:
+    try:
+        if kind in PARQUET_TYPES:
+            return pq.read_table(pa.BufferReader(body))
+        if kind.endswith(".file"):
+            return pa.ipc.open_file(pa.BufferReader(body)).read_all()
+        return pa.ipc.open_stream(pa.BufferReader(body)).read_all()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise BadRequest(400, f"malformed {kind} body: {exc}") from None
+
+
+def _from_arrow(table: pa.Table, columns: PoolConfig, dims, id_type: str) -> pa.Table:
+    allowed = [columns.id_column, *columns.embedding_columns.values()]
+    extra = [c for c in table.column_names if c not in allowed]
+    if extra or columns.id_column not in table.column_names:
+        raise BadRequest(400, f"columns {table.column_names}: need {columns.id_column!r} "
+                              f"and at most {', '.join(allowed[1:])}"
+                              + (f"; unknown: {', '.join(extra)}" if extra else ""))
+    problems: list[dict] = []
+    ids = _check_ids(table.column(columns.id_column).to_pylist(), id_type, problems)
+    out = {columns.id_column: ids}
+    for modality, column in columns.embedding_columns.items():
+        if column not in table.column_names:
+            out[column] = pa.nulls(table.num_rows, pa.list_(pa.float32(), dims[modality]))
+            continue
+        out[column] = _arrow_vectors(table.column(column), dims[modality], column,
+                                     ids.to_pylist(), problems)
+    table = pa.table(out)
+    _check_present(table, columns, problems)
+    _raise_if_any(problems)
+    return table
+
+
+def _arrow_vectors(column: pa.ChunkedArray, dim: int, name: str, ids: list,
+                   problems: list) -> pa.Array:
+    from alray.pool.arrays import embedding_matrix
+    from alray.pool.schema import is_embedding_type
+
+    column = column.combine_chunks()
+    if not is_embedding_type(column.type):
+        raise BadRequest(400, f"column {name}: type {column.type}, expected a list of "
+                              "float32 or float64")
+    if pa.types.is_fixed_size_list(column.type) and column.type.list_size != dim:
+        column = column.cast(pa.list_(column.type.value_type))  # rows reported below
+    lengths = np.asarray(column.value_lengths().fill_null(dim).to_numpy(zero_copy_only=False))
+    wrong = lengths != dim
+    for i in np.flatnonzero(wrong):
+        problems.append(_problem(int(i), ids[i], name, f"{int(lengths[i])} values, "
+                                                       f"expected {dim}"))
+    keep = ~wrong
+    matrix = np.zeros((len(column), dim), dtype=np.float32)
+    present = np.zeros(len(column), dtype=bool)
+    good = column.filter(pa.array(keep)) if wrong.any() else column
+    matrix[keep], present[keep] = embedding_matrix(good, dim, name)  # nulls inside -> NaN
+    for i in np.flatnonzero(present & ~np.isfinite(matrix).all(axis=1)):
+        problems.append(_problem(int(i), ids[i], name, "NaN, null or infinite value (or "
+                                                       "beyond float32's range)"))
+    mask = None if present.all() else pa.array(~present)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim, mask=mask)
+
+
+# --- checks shared by both ---------------------------------------------------------------
+def _check_ids(ids: list, id_type: str, problems: list) -> pa.Array:
+    """The ids as an Arrow array of the service's id type; problems for bad ones."""
+    seen: dict = {}
+    clean = []
+    for index, key in enumerate(ids):
+        ok = (isinstance(key, int) and not isinstance(key, bool)) if id_type == "int64" \
+            else isinstance(key, str) and key != ""
+        if key is None:
+            problems.append(_problem(index, None, "id", "missing id"))
+        elif not ok:
+            want = "an integer" if id_type == "int64" else "a non-empty string"
+            problems.append(_problem(index, key, "id", f"the id must be {want}"))
+        elif key in seen:
+            problems.append(_problem(index, key, "id", f"duplicate of post {seen[key]}"))
+        else:
+            seen[key] = index
+            clean.append(key)
+            continue
+        clean.append(None)
+    try:
+        return pa.array(clean, pa.int64() if id_type == "int64" else pa.string())
+    except (pa.ArrowException, OverflowError):
+        raise BadRequest(422, "an id is out of the int64 range", problems) from None
+
+
+def _check_present(table: pa.Table, columns: PoolConfig, problems: list) -> None:
+    names = list(columns.embedding_columns.values())
+    none = np.ones(table.num_rows, dtype=bool)
+    for name in names:
+        none &= ~np.asarray(table.column(name).is_valid().to_numpy(zero_copy_only=False),
+                            dtype=bool)
+    reported = {p["index"] for p in problems}
+    ids = table.column(columns.id_column).to_pylist()
+    for i in np.flatnonzero(none):
+        if int(i) not in reported:  # a rejected vector already explains the gap
+            problems.append(_problem(int(i), ids[i], ",".join(names),
+                                     "every embedding is missing"))
+
+
+def _problem(index: int, key, column: str | None, text: str) -> dict:
+    plain = key if isinstance(key, (int, str)) or key is None else repr(key)
+    return {"index": index, "id": plain, "field": column, "problem": text}
+
+
+def _raise_if_any(problems: list) -> None:
+    if problems:
+        problems.sort(key=lambda p: p["index"])
+        raise BadRequest(422, f"{len(problems)} problem(s) in the posts; nothing was "
+                              "scored", problems)

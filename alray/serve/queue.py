@@ -1,0 +1,131 @@
+"""Routed posts -> the run's next open query (``alray online queue RUN``).
+
+The service writes routed posts to ``RUN/online/routed-*.parquet``. They are new posts,
+not in the run's pool, and the loop trains on pool rows; so queueing them does what a
+post arriving in production means: the posts join the pool as one new shard
+(``POOL/online/step-SSSSS.parquet``), the run records that pool change as its own (the
+fingerprints are refreshed, the change listed in run.json), and they become the open
+query of step S = the last completed step + 1, with their routing scores as the query's
+scores. From there it is the assessor round trip: ``alray labels import RUN FILE``, then
+``alray loop --run-dir RUN --resume``. Queued shards move to ``RUN/online/queued/``.
+
+Order of writes (each atomic): the pool shard, the query, state.json (the commit point),
+then the shards move. A kill before state.json leaves no open query; running the command
+again redoes it from the same shards.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from alray.errors import StateError
+from alray.pool.schema import QUERY_COLUMNS
+from alray.serve.routing import ROUTED_DIR, ROUTED_PATTERN
+
+
+def queue_routed(run_dir: str | os.PathLike) -> dict:
+    """Make the routed posts of ``run_dir`` its open query; returns
+    ``{"step", "queued", "dropped", "pool_shard", "query"}``."""
+    from alray.loop.setup import reopen_run
+    from alray.loop.state import RunState
+    from alray.pool import io
+    from alray.pool.load import read_ids_and_labels
+
+    run = reopen_run(run_dir)  # refuses a pool that changed behind the run's back
+    state = run.read_state()
+    if state.open_query is not None:
+        raise StateError(f"{run.path}: the query of step {state.open_query} still waits "
+                         f"for labels; import them (alray labels import {run.path} FILE) "
+                         "and resume the run before queueing routed posts")
+    if state.step < 0:
+        raise StateError(f"{run.path}: the run has no model yet; run its first step first")
+    shards = pending_shards(run.path)
+    if not shards:
+        raise StateError(f"{run.path / ROUTED_DIR}: no routed posts to queue")
+    cols = run.config.columns
+    routed = pa.concat_tables([io.read_table(p) for p in shards],
+                              promote_options="permissive")
+    routed = _unique(routed.rename_columns(["id" if n == cols.id_column else n
+                                            for n in routed.column_names]))
+    pool_ids, pool_labels = read_ids_and_labels(run.config.pool_uri, cols)
+    labels = run.read_labels()
+    done = set() if labels is None else set(labels.column("id").to_pylist())
+    done |= set(pool_ids[pool_labels >= 0].tolist())  # the pool's labels are known
+    ids = routed.column("id").to_pylist()
+    keep = np.array([i not in done for i in ids], dtype=bool)
+    routed = routed.filter(pa.array(keep))
+    if routed.num_rows == 0:
+        raise StateError(f"{run.path}: all {len(ids)} routed posts are labelled already")
+    step = state.step + 1
+    new = routed.filter(pa.array(~np.isin(routed.column("id").to_numpy(
+        zero_copy_only=False), pool_ids)))
+    shard = _add_to_pool(run, new, step) if new.num_rows else None
+    query = _query_table(routed, step)
+    run.write_query(query, step, csv=True)
+    run.write_state(RunState(state.step, state.checkpoint, open_query=step))
+    reopen_run(run_dir, allow_pool_change=True)  # the new shard is the run's own change
+    _move_queued(shards, run.path / ROUTED_DIR / "queued" / f"step-{step:05d}")
+    return {"step": step, "queued": query.num_rows, "dropped": len(ids) - query.num_rows,
+            "pool_shard": shard, "query": str(run.query_path(step, ".csv"))}
+
+
+def pending_shards(run_path: Path) -> list[Path]:
+    folder = Path(run_path) / ROUTED_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if ROUTED_PATTERN.fullmatch(p.name))
+
+
+def _unique(table: pa.Table) -> pa.Table:
+    """The first routing of each id (a post sent twice is asked once)."""
+    ids = table.column("id").to_pylist()
+    first = {}
+    for row, key in enumerate(ids):
+        first.setdefault(key, row)
+    return table.take(pa.array(sorted(first.values()), pa.int64()))
+
+
+def _add_to_pool(run, table: pa.Table, step: int) -> str:
+    """Write ``table``'s pool columns, typed as the pool's first shard, as a new shard."""
+    from alray.pool import io
+
+    location = io.locate(run.config.pool_uri)
+    if location.fs.get_file_info(location.path).type.name != "Directory":
+        raise StateError(f"{run.config.pool_uri}: the run's pool is one file; routed "
+                         "posts join a pool that is a directory of shards")
+    cols = run.config.columns
+    names = [cols.id_column, *cols.embedding_columns.values(), cols.label_column]
+    schema = io.open_parquet(io.pool_shards(run.config.pool_uri)[0]).schema_arrow
+    table = table.rename_columns([cols.id_column if n == "id" else n
+                                  for n in table.column_names])
+    try:
+        rows = pa.table({n: table.column(n).cast(schema.field(n).type) for n in names})
+    except (pa.ArrowException, KeyError) as exc:
+        raise StateError(f"routed posts do not fit the pool {run.config.pool_uri}: "
+                         f"{exc}") from None
+    uri = f"{run.config.pool_uri.rstrip('/')}/online/step-{step:05d}.parquet"
+    io.write_table(rows, uri)
+    return uri
+
+
+def _query_table(routed: pa.Table, step: int) -> pa.Table:
+    order = pc.sort_indices(routed, [("score", "descending"), ("id", "ascending")])
+    routed = routed.take(order)
+    n = routed.num_rows
+    return pa.table({
+        "id": routed.column("id"), "score": routed.column("score"),
+        "rank": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+        "predicted_class": routed.column("predicted_class"),
+        "predicted_prob": routed.column("predicted_prob"),
+        "step": pa.array([step] * n, pa.int64()),
+        "strategy": routed.column("strategy")}).select(list(QUERY_COLUMNS))
+
+
+def _move_queued(shards: list[Path], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in shards:
+        os.replace(path, folder / path.name)

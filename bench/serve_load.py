@@ -1,0 +1,169 @@
+"""Load test of the online service on loopback, against the batch path in the same run.
+
+    .venv/bin/python bench/serve_load.py --seconds 10 --clients 1,16,64 --formats arrow,json
+
+A study-sized random-weight model (``ModelConfig()``: 1024-d image, 300-d text, 50
+classes), posts of study dims, ``--posts`` posts per request. For each body format and
+client count: ``--seconds`` of closed-loop load (each client sends its next request
+when the answer arrives), then posts/s, p50/p99 latency and non-200 answers. The batch
+path (``score_pool`` local path, same checkpoint, same strategy) scores a pool of
+``--pool-rows`` random posts first; its rows/s is the reference. Bounded: stops by itself.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+
+
+def study_checkpoint(path: str) -> str:
+    import torch
+
+    from alray.config import ModelConfig
+    from alray.model import FusionNet, save_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = FusionNet(ModelConfig())
+    return str(save_checkpoint(path, model, model.config))
+
+
+def random_posts(n: int, seed: int, first_id: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+
+    def column(dim):
+        values = rng.standard_normal((n, dim), dtype=np.float32).reshape(-1)
+        return pa.FixedSizeListArray.from_arrays(pa.array(values), dim)
+    return pa.table({"id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
+                     "image_emb": column(1024), "text_emb": column(300)})
+
+
+def batch_rows_per_s(directory: str, checkpoint: str, rows: int, strategy: str) -> float:
+    import torch
+
+    from alray.config import ScoreConfig
+    from alray.pool import io
+    from alray.scoring.pipeline import score_pool
+
+    pool = os.path.join(directory, "pool")
+    if not os.path.exists(pool):
+        for i, start in enumerate(range(0, rows, 16384)):
+            part = random_posts(min(16384, rows - start), seed=i, first_id=start)
+            io.write_table(part, os.path.join(pool, f"part-{i:05d}.parquet"))
+    torch.set_num_threads(2)
+    config = ScoreConfig(strategies=(strategy,))
+    score_pool(pool, checkpoint, config, use_ray=False)  # warm the page cache
+    started = time.perf_counter()
+    score_pool(pool, checkpoint, config, use_ray=False)
+    return rows / (time.perf_counter() - started)
+
+
+def bodies(kind: str, posts: int, n_bodies: int) -> tuple[list[bytes], str]:
+    import json
+
+    out = []
+    for i in range(n_bodies):
+        table = random_posts(posts, seed=1000 + i, first_id=10**9 + i * posts)
+        if kind == "json":
+            out.append(json.dumps({"posts": table.to_pylist()}).encode())
+        else:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+            out.append(sink.getvalue().to_pybytes())
+    ctype = "application/json" if kind == "json" else "application/vnd.apache.arrow.stream"
+    return out, ctype
+
+
+async def load(url: str, payloads: list[bytes], ctype: str, clients: int,
+               seconds: float) -> tuple[list[float], int, int]:
+    """Closed-loop load for ``seconds``: (latencies of 200 answers, requests, errors)."""
+    import aiohttp
+
+    latencies, errors, sent = [], 0, 0
+    deadline = time.perf_counter() + seconds
+    headers = {"Content-Type": ctype}  # the answer in the body's format
+    if ctype != "application/json":
+        headers["Accept"] = ctype
+
+    async def client(k: int, session) -> None:
+        nonlocal errors, sent
+        i = k
+        while time.perf_counter() < deadline:
+            body = payloads[i % len(payloads)]
+            i += clients
+            started = time.perf_counter()
+            async with session.post(f"{url}/score", data=body, headers=headers) as reply:
+                await reply.read()
+                sent += 1
+                if reply.status == 200:
+                    latencies.append(time.perf_counter() - started)
+                else:
+                    errors += 1
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(client(k, session) for k in range(clients)))
+    return latencies, sent, errors
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="load per level")
+    ap.add_argument("--clients", default="1,16,64")
+    ap.add_argument("--formats", default="arrow,json")
+    ap.add_argument("--posts", type=int, default=64, help="posts per request")
+    ap.add_argument("--pool-rows", type=int, default=65536)
+    ap.add_argument("--strategy", default="margin")
+    ap.add_argument("--replica-cpus", type=float, default=2.0)
+    ap.add_argument("--batch-requests", type=int, default=16)
+    ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "alray-bench-serve"))
+    args = ap.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+    checkpoint = study_checkpoint(os.path.join(args.dir, "model.ckpt"))
+    batch = batch_rows_per_s(args.dir, checkpoint, args.pool_rows, args.strategy)
+    print(f"batch path (score_pool local, {args.strategy}): {batch:,.0f} rows/s")
+
+    from alray.runtime import ensure_ray
+    from alray.serve.config import ServeConfig
+    from alray.serve.runner import start_service
+
+    ensure_ray()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    service = start_service(ServeConfig(
+        checkpoint=checkpoint, strategies=(args.strategy,), port=port,
+        num_cpus=args.replica_cpus, max_batch_requests=args.batch_requests,
+        max_body_mb=256))
+    rows = []
+    try:
+        for kind in args.formats.split(","):
+            payloads, ctype = bodies(kind, args.posts, 64)
+            asyncio.run(load(service.url, payloads, ctype, 1, 2.0))  # warm-up
+            for clients in (int(c) for c in args.clients.split(",")):
+                lat, sent, errors = asyncio.run(load(service.url, payloads, ctype, clients,
+                                                     args.seconds))
+                rate = len(lat) * args.posts / args.seconds
+                p50, p99 = (np.percentile(lat, [50, 99]) * 1000) if lat else (np.nan,) * 2
+                rows.append((kind, clients, sent, errors, rate, p50, p99))
+                print(f"{kind:>5} {clients:>3} clients: {sent:>6} requests, {errors} errors, "
+                      f"{rate:>8,.0f} posts/s ({rate / batch:.2f}x batch), "
+                      f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+    finally:
+        service.stop()
+    print("\n| body | clients | requests | errors | posts/s | vs batch | p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, clients, sent, errors, rate, p50, p99 in rows:
+        print(f"| {kind} | {clients} | {sent:,} | {errors} | {rate:,.0f} | "
+              f"{rate / batch:.2f}x | {p50:.1f} | {p99:.1f} |")
+    print(f"\nbatch path: {batch:,.0f} rows/s ({args.pool_rows:,} rows, {args.strategy})")
+
+
+if __name__ == "__main__":
+    main()
