@@ -285,6 +285,21 @@ def _run_training(pool_uri, val_uri, config, out, classes, epochs, heads, seed, 
     return {"rows": len(data), "extra": extra}
 
 
+def sampling_options(fn):
+    """How the query is drawn from the scores (docs/acquisition.md); score and loop."""
+    fn = click.option("--class-balance", type=float, default=0.0, show_default=True,
+                      help="Share of the query: rounds over predicted classes, each "
+                           "class at most ceil(share x query size) posts before the best "
+                           "remaining fill the query; 0 = off.")(fn)
+    fn = click.option("--sampling-beta", type=float, default=1.0, show_default=True,
+                      help="Inverse temperature of stochastic sampling.")(fn)
+    fn = click.option("--sampling", type=click.Choice(["top", "softmax", "power", "rank"]),
+                      default="top", show_default=True,
+                      help="top: the best scores; softmax/power/rank: a seeded stochastic "
+                           "batch (Gumbel-top-k; rank needs --scores-out).")(fn)
+    return fn
+
+
 @main.command()
 @click.option("--pool", required=True, help="Pool: a Parquet file or directory of shards.")
 @click.option("--checkpoint", required=True, help="Model checkpoint directory.")
@@ -308,11 +323,13 @@ def _run_training(pool_uri, val_uri, config, out, classes, epochs, heads, seed, 
 @click.option("--show", type=int, default=10, show_default=True, help="Rows printed per strategy.")
 @click.option("--scores-out", default=None, metavar="DIR",
               help="Also write every post's score per strategy to this Parquet directory.")
+@sampling_options
 @pool_options
 @friendly_errors
 def score(pool, checkpoint, strategies, query_size, exclude, out, step, mc_samples, actors,
           num_cpus_per_actor, num_gpus_per_actor, batch_size, head, seed, local, address,
-          show, scores_out, id_column, label_column, embedding_columns):
+          show, scores_out, sampling, sampling_beta, class_balance, id_column, label_column,
+          embedding_columns):
     """Score --pool with --checkpoint; write the top --query-size posts per strategy."""
     from alray.config import ScoreConfig
     config = pool_config(id_column, label_column, embedding_columns)
@@ -322,7 +339,9 @@ def score(pool, checkpoint, strategies, query_size, exclude, out, step, mc_sampl
     cfg = ScoreConfig(strategies=names, query_size=query_size, head=head,
                       mc_samples=mc_samples, seed=seed, batch_size=batch_size, actors=actors,
                       num_cpus_per_actor=num_cpus_per_actor,
-                      num_gpus_per_actor=num_gpus_per_actor)
+                      num_gpus_per_actor=num_gpus_per_actor, sampling=sampling,
+                      sampling_beta=sampling_beta, sampling_step=step,
+                      class_balance=class_balance)
     from alray.pool.load import read_ids_file
     exclude_ids = read_ids_file(exclude, config.id_column) if exclude else None
     _run_scoring(pool, checkpoint, cfg, config, exclude_ids, not local, address, out, step,

@@ -8,7 +8,8 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from alray.cli import Progress, friendly_errors, main, pool_config, pool_options
+from alray.cli import (
+    Progress, friendly_errors, main, pool_config, pool_options, sampling_options)
 from alray.config import ComputeConfig, LoopConfig, ModelConfig, ScoreConfig, TrainConfig
 from alray.errors import ConfigError
 
@@ -22,6 +23,8 @@ FROZEN_OPTIONS = {
     "weight_decay": "train.weight_decay", "batch_size": "train.batch_size",
     "adaptive_batch": "train.adaptive_batch", "freeze_batchnorm": "train.freeze_batchnorm",
     "loss_weighting": "train.loss_weighting", "classes": "model.n_classes",
+    "sampling": "score.sampling", "sampling_beta": "score.sampling_beta",
+    "class_balance": "score.class_balance",
 }
 
 
@@ -75,7 +78,7 @@ def loop_options(fn):
     ]
     for option in reversed(options):
         fn = option(fn)
-    return pool_options(fn)
+    return sampling_options(pool_options(fn))
 
 
 def _explicit(ctx: click.Context) -> set[str]:
@@ -110,7 +113,9 @@ def _score(p: dict) -> ScoreConfig:
     return ScoreConfig(strategies=(p["strategy"],), query_size=p["query_size"],
                        head=p["head"], mc_samples=p["mc_samples"], seed=p["seed"],
                        batch_size=p["score_batch_size"], actors=p["actors"],
-                       num_cpus_per_actor=cpus, num_gpus_per_actor=p["num_gpus_per_actor"])
+                       num_cpus_per_actor=cpus, num_gpus_per_actor=p["num_gpus_per_actor"],
+                       sampling=p["sampling"], sampling_beta=p["sampling_beta"],
+                       class_balance=p["class_balance"])
 
 
 def _overrides(p: dict, given: set[str]) -> dict:

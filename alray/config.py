@@ -8,6 +8,7 @@ Stdlib and yaml only: importing this module never imports torch or Ray.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -216,9 +217,14 @@ class ScoreConfig(_Config):
     actors: int = 1
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0
+    # docs/acquisition.md: "top" (deterministic) or Gumbel-top-k "softmax"/"power"/"rank"
+    sampling: str = "top"
+    sampling_beta: float = 1.0
+    sampling_step: int = 0          # a new value gives every post fresh sampling noise
+    class_balance: float = 0.0      # 0: off; else rounds over predicted classes
 
     def _check(self) -> list[str]:
-        problems = []
+        problems = _sampling_problems(self)
         if not self.strategies:
             problems.append("strategies needs at least one strategy")
         if not isinstance(self.query_size, int) or self.query_size < 1:
@@ -232,6 +238,28 @@ class ScoreConfig(_Config):
         if self.num_cpus_per_actor < 0 or self.num_gpus_per_actor < 0:
             problems.append("num_cpus_per_actor and num_gpus_per_actor must be >= 0")
         return problems
+
+    @property
+    def class_cap(self) -> int:
+        """Rounds over predicted classes (posts per class before the fill); 0 = off."""
+        if not self.class_balance:
+            return 0
+        return max(1, math.ceil(self.class_balance * self.query_size - 1e-9))
+
+
+def _sampling_problems(score: "ScoreConfig") -> list[str]:
+    problems = []
+    if score.sampling not in ("top", "softmax", "power", "rank"):
+        problems.append(f"sampling must be top, softmax, power or rank, got {score.sampling!r}")
+    beta = score.sampling_beta
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 1e6:
+        problems.append(f"sampling_beta must be a number in (0, 1e6), got {beta!r}")
+    if not isinstance(score.sampling_step, int) or score.sampling_step < 0:
+        problems.append(f"sampling_step must be an integer >= 0, got {score.sampling_step!r}")
+    share = score.class_balance
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        problems.append(f"class_balance must be a share in [0, 1] (0 = off), got {share!r}")
+    return problems
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,34 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def _check_seed(seed, name: str = "seed") -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {seed!r}")
+    return int(seed)
+
+
+def _hash_ids(ids, key: np.uint64) -> np.ndarray:
+    """``(n,)`` uint64 hash of each id under ``key``: a function of (key, id) only."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"ids must be a (n,) array, got shape {ids.shape}")
+    if ids.dtype.kind in "iu":
+        return _splitmix64(ids.astype(np.int64, copy=False).view(np.uint64) ^ key)
+    if ids.dtype.kind in "UO":
+        from pandas.util import hash_array  # strings only; keeps pandas off import
+        return hash_array(ids.astype(object, copy=False), hash_key=f"{int(key):016x}",
+                          categorize=False)
+    raise ValueError(f"ids must be integers or strings, got dtype {ids.dtype}")
+
+
+def _key_of(*parts: int) -> np.uint64:
+    """One 64-bit hash key from several integers (seed, stream, step), chained."""
+    key = np.uint64(0)
+    for part in parts:
+        key = _splitmix64(np.array([key ^ np.uint64(part % 2**64)], dtype=np.uint64))[0]
+    return key
+
+
 def random_scores(ids, seed: int) -> np.ndarray:
     """A uniform score in [0, 1) per post, a function of (seed, id) only.
 
@@ -190,18 +218,24 @@ def random_scores(ids, seed: int) -> np.ndarray:
     (``pandas.util.hash_array``) with a 16-character key derived from the seed (pandas
     is imported only then). Returns ``(n,)`` float64 from the top 53 bits.
     """
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    key = _splitmix64(np.array([int(seed) % 2**64], dtype=np.uint64))[0]
-    ids = np.asarray(ids)
-    if ids.ndim != 1:
-        raise ValueError(f"ids must be a (n,) array, got shape {ids.shape}")
-    if ids.dtype.kind in "iu":
-        bits = _splitmix64(ids.astype(np.int64, copy=False).view(np.uint64) ^ key)
-    elif ids.dtype.kind in "UO":
-        from pandas.util import hash_array  # strings only; keeps pandas off import
-        bits = hash_array(ids.astype(object, copy=False), hash_key=f"{int(key):016x}",
-                          categorize=False)
-    else:
-        raise ValueError(f"ids must be integers or strings, got dtype {ids.dtype}")
+    key = _splitmix64(np.array([_check_seed(seed) % 2**64], dtype=np.uint64))[0]
+    bits = _hash_ids(ids, key)
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+# keeps the Gumbel stream apart from the ``random`` strategy's scores under one seed
+_GUMBEL_STREAM = 0x67756D62656C  # "gumbel"
+
+
+def gumbel_noise(ids, seed: int, step: int = 0) -> np.ndarray:
+    """Standard Gumbel noise ``-log(-log u)`` per post, a function of (seed, step, id).
+
+    ids: ``(n,)`` integers or strings. ``u`` is the hash's top 53 bits mapped to the
+    open interval (0, 1) (``(m + 0.5) / 2**53``), so the noise is finite: within about
+    [-3.6, 37.4]. Like ``random_scores`` it ignores batching; a new ``step`` gives
+    fresh noise for every id. Returns ``(n,)`` float64.
+    """
+    key = _key_of(_check_seed(seed), _GUMBEL_STREAM, _check_seed(step, "step"))
+    bits = _hash_ids(ids, key)
+    u = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 2**53)
+    return -np.log(-np.log(u))

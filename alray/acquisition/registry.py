@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from alray.acquisition import functions as F
+from alray.acquisition.heads import head_disagreement
 from alray.errors import ConfigError
 
 # what a strategy may need -> the input keys that provide it
@@ -23,6 +24,7 @@ NEED_INPUTS: dict[str, tuple[str, ...]] = {
     "loss_pred": ("loss_pred",),                         # (n,), loss-prediction module
     "labels": ("labels",),                               # (n,) int, -1 = unlabelled
     "ids": ("ids", "seed"),                              # (n,) int or str; an int
+    "heads": ("head_probs", "head_present"),             # (n, h, c), (n, h) bool; one pass
 }
 
 
@@ -35,6 +37,7 @@ class Strategy:
     fn: Callable[[Mapping[str, object]], np.ndarray]
     description: str
     oracle: bool = False
+    nonnegative: bool = True  # scores never below 0 (power sampling needs it)
 
     def input_keys(self) -> tuple[str, ...]:
         """The keys of ``inputs`` this strategy reads, in a fixed order."""
@@ -51,26 +54,30 @@ _STRATEGIES = (
     Strategy("least_confident", frozenset({"probs"}), lambda x: F.least_confident(x["probs"]),
              "1 - max_y p(y|x)"),
     Strategy("margin", frozenset({"probs"}), lambda x: F.margin(x["probs"]),
-             "-(p1 - p2) of the two most likely classes"),
+             "-(p1 - p2) of the two most likely classes", nonnegative=False),
     Strategy("entropy", frozenset({"probs"}), lambda x: F.entropy(x["probs"]),
              "-sum_y p log p"),
     Strategy("qbc_least_confident", frozenset({"mc"}), _on_mc_mean(F.least_confident),
              "least confident on the MC-dropout mean probabilities"),
     Strategy("qbc_margin", frozenset({"mc"}), _on_mc_mean(F.margin),
-             "margin on the MC-dropout mean probabilities"),
+             "margin on the MC-dropout mean probabilities", nonnegative=False),
     Strategy("qbc_entropy", frozenset({"mc"}), _on_mc_mean(F.entropy),
              "entropy of the MC-dropout mean probabilities"),
     Strategy("bald", frozenset({"mc"}),
              lambda x: F.bald(x["mc_mean_probs"], x["mc_mean_entropy"]),
              "H(mean of MC samples) - mean of per-sample entropies"),
     Strategy("learning_loss", frozenset({"loss_pred"}), lambda x: F.predicted_loss(x["loss_pred"]),
-             "loss predicted by the learning-loss module"),
+             "loss predicted by the learning-loss module", nonnegative=False),
     Strategy("ideal_loss", frozenset({"labels", "probs"}),
              lambda x: F.true_loss(x["probs"], x["labels"]),
              "true cross-entropy loss (oracle: needs labels)", oracle=True),
     Strategy("reverse_ideal_loss", frozenset({"labels", "probs"}),
              lambda x: F.reverse_true_loss(x["probs"], x["labels"]),
-             "minus the true loss: lowest loss first (oracle: needs labels)", oracle=True),
+             "minus the true loss: lowest loss first (oracle: needs labels)", oracle=True,
+             nonnegative=False),
+    Strategy("head_disagreement", frozenset({"heads"}),
+             lambda x: head_disagreement(x["head_probs"], x["head_present"]),
+             "Jensen-Shannon divergence of the fused and modality heads (one pass)"),
 )
 
 STRATEGIES: Mapping[str, Strategy] = {s.name: s for s in _STRATEGIES}

@@ -142,8 +142,12 @@ class Session:
         from alray.scoring.pipeline import score_pool
 
         cfg, started = self.config, time.perf_counter()
+        # the model in memory: no re-read of the checkpoint just written, and on a
+        # cluster the scoring actors need no access to the run directory
+        model = {"architecture": cfg.model.to_dict(), "weights": self.weights}
         queries = score_pool(
-            cfg.pool_uri, str(self.run.path / self.state.checkpoint), cfg.score, cfg.columns,
+            # a fresh step gives every post fresh sampling noise (stochastic acquisition)
+            cfg.pool_uri, model, cfg.score.replace(sampling_step=step), cfg.columns,
             exclude_ids=self._excluded(), use_ray=not self.compute.local,
             address=self.compute.address, carry=True)
         query = queries[cfg.strategy]

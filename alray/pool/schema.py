@@ -15,7 +15,8 @@ from alray.config import PoolConfig
 from alray.pool import io
 
 # the query table (ARCHITECTURE.md): one row per post sent to assessors
-QUERY_COLUMNS = ("id", "score", "rank", "predicted_class", "predicted_prob", "step", "strategy")
+QUERY_COLUMNS = ("id", "score", "rank", "predicted_class", "predicted_prob", "step", "strategy",
+                 "least_sure_head")
 
 PROBLEM_KINDS = ("missing column", "wrong type", "wrong dimension", "non-finite value",
                  "no embedding", "duplicate id", "null id", "label out of range",

@@ -1,5 +1,9 @@
 """The driver's side of scoring: merge ``BatchScorer`` outputs into one query per strategy.
 
+With ``score.class_balance`` the query per strategy is class-balanced (``BalancedTopK``);
+its ``score`` column then holds the key the query was ranked by (the sampling key when
+``score.sampling`` is not ``top``), and ``rank`` the position in the query.
+
 With ``carry``, the scorer also returns the pool columns (embeddings, label) of its
 candidates; the merger keeps them for the current top-k only, so the loop gets the
 query's rows without a second pass over the pool.
@@ -9,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from alray.acquisition import check_sampling, rank_keys
 from alray.config import ScoreConfig
 from alray.pool import io
 from alray.scoring.scorer import OUTPUT_COLUMNS
-from alray.scoring.topk import TopK
+from alray.scoring.topk import new_top
 
 SLOT = "_slot"  # row of a candidate in the carried-columns stash
 
@@ -22,9 +27,12 @@ class QueryMerger:
 
     def __init__(self, score: ScoreConfig, carry: bool = False):
         self.score = score
-        self.tops = {name: TopK(score.query_size) for name in score.strategies}
+        self.tops = {name: self._new_top() for name in score.strategies}
         self.carry = carry
         self.stash: pa.Table | None = None
+
+    def _new_top(self):
+        return new_top(self.score.query_size, self.score.class_cap)
 
     def absorb(self, table: pa.Table) -> None:
         """Add one scorer output table (rows of several strategies)."""
@@ -33,7 +41,9 @@ class QueryMerger:
         strategy = table.column("strategy").to_numpy(zero_copy_only=False)
         ids = table.column("id").to_numpy(zero_copy_only=False)
         extra = {"predicted_class": table.column("predicted_class").to_numpy(),
-                 "predicted_prob": table.column("predicted_prob").to_numpy()}
+                 "predicted_prob": table.column("predicted_prob").to_numpy(),
+                 "least_sure_head": table.column("least_sure_head").to_numpy(
+                     zero_copy_only=False)}
         if self.carry:
             extra[SLOT] = self._stash(table)
         scores = table.column("score").to_numpy()
@@ -41,7 +51,7 @@ class QueryMerger:
             rows = strategy == name
             if rows.any():
                 top.update(ids[rows], scores[rows], {k: v[rows] for k, v in extra.items()})
-        if self.carry and self.stash.num_rows > 4 * sum(t.k for t in self.tops.values()) + 4096:
+        if self.carry and self.stash.num_rows > 4 * sum(len(t) for t in self.tops.values()) + 4096:
             self._compact()
 
     def _stash(self, table: pa.Table) -> np.ndarray:
@@ -52,22 +62,25 @@ class QueryMerger:
 
     def _compact(self) -> None:
         """Keep only the stash rows some strategy's top-k still points at."""
-        results = {name: top.result() for name, top in self.tops.items()}
-        used = np.unique(np.concatenate([r[SLOT] for r in results.values()]))
+        # every kept candidate, not only the query: a balanced top-k keeps more rows
+        results = {name: dict(top.to_dict()["rows"] or {}) for name, top in self.tops.items()}
+        used = np.unique(np.concatenate([r[SLOT] for r in results.values() if r]))
         self.stash = self.stash.take(pa.array(used)).combine_chunks()
         for name, rows in results.items():
-            top = TopK(self.score.query_size)
-            rows.pop("rank")
+            top = self._new_top()
+            if not rows:
+                self.tops[name] = top
+                continue
             rows[SLOT] = np.searchsorted(used, rows[SLOT])
             top.update(rows.pop("id"), rows.pop("score"), rows)
             self.tops[name] = top
 
     def queries(self, id_type: pa.DataType) -> dict[str, pa.Table]:
-        """strategy -> (id, score, rank, predicted_class, predicted_prob, strategy
-        [, carried pool columns]), best first."""
+        """strategy -> (id, score, rank, predicted_class, predicted_prob, strategy,
+        least_sure_head [, carried pool columns]), in query order."""
         return {name: self._query_table(name, top, id_type) for name, top in self.tops.items()}
 
-    def _query_table(self, name: str, top: TopK, id_type: pa.DataType) -> pa.Table:
+    def _query_table(self, name: str, top, id_type: pa.DataType) -> pa.Table:
         rows = top.result()
         n = len(rows["id"])
         table = pa.table({
@@ -78,6 +91,8 @@ class QueryMerger:
                                         pa.int64()),
             "predicted_prob": pa.array(rows.get("predicted_prob", np.zeros(0)), pa.float64()),
             "strategy": pa.array([name] * n, pa.string()),
+            "least_sure_head": pa.array(rows.get("least_sure_head", np.zeros(0, object)),
+                                        pa.string()),
         })
         if self.carry and self.stash is not None:
             carried = self.stash.take(pa.array(rows[SLOT], pa.int64()))
@@ -87,9 +102,32 @@ class QueryMerger:
 
 
 def merge_scores(scores_dir, score: ScoreConfig) -> QueryMerger:
-    """The exact top-k per strategy of a written ``--scores-out`` directory."""
+    """The exact top-k per strategy of a written ``--scores-out`` directory.
+
+    Rank sampling is done here: every score is on hand, so each post's global rank is.
+    """
+    check_sampling(score.strategies, score.sampling, streaming=False)
     merger = QueryMerger(score)
-    for shard in io.pool_shards(scores_dir):
-        for batch in io.iter_batches(shard):
-            merger.absorb(pa.Table.from_batches([batch]))
+    tables = (pa.Table.from_batches([batch]) for shard in io.pool_shards(scores_dir)
+              for batch in io.iter_batches(shard))
+    if score.sampling == "rank":
+        tables = [_rank_keyed(list(tables), score)]
+    for table in tables:
+        merger.absorb(table)
     return merger
+
+
+def _rank_keyed(tables: list[pa.Table], score: ScoreConfig) -> pa.Table:
+    """Every strategy's scores replaced by its rank-sampling keys over the whole pool."""
+    if not tables:
+        return pa.table({})
+    table = pa.concat_tables(tables)
+    strategy = table.column("strategy").to_numpy(zero_copy_only=False)
+    ids = table.column("id").to_numpy(zero_copy_only=False)
+    keys = table.column("score").to_numpy().copy()
+    for name in score.strategies:
+        rows = strategy == name
+        keys[rows] = rank_keys(keys[rows], ids[rows], score.sampling_beta, score.seed,
+                               score.sampling_step)
+    return table.set_column(table.schema.get_field_index("score"), "score",
+                            pa.array(keys, pa.float64()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +36,7 @@ POLL_S = 0.5  # how often the Ray path's progress is read from the actors
 Progress = Callable[[int, int], None]
 
 
-def score_pool(pool_uri: str, checkpoint: str, score: ScoreConfig,
+def score_pool(pool_uri: str, checkpoint: str | Mapping, score: ScoreConfig,
                pool: PoolConfig = PoolConfig(), exclude_ids: Iterable | None = None,
                use_ray: bool = True, address: str | None = None,
                progress: Progress | None = None, scores_out: str | None = None,
@@ -44,6 +44,9 @@ def score_pool(pool_uri: str, checkpoint: str, score: ScoreConfig,
     """strategy -> query table (id, score, rank, predicted_class, predicted_prob, strategy),
     best first, ``score.query_size`` rows each.
 
+    ``checkpoint``: a checkpoint directory or a ``model_state`` (the loop's model in
+    memory). It is read on the driver only: the Ray path's actors get the model through
+    the object store, so on a cluster no other node needs to see the checkpoint.
     Raises ConfigError (unknown strategy or head, learning_loss without a loss module),
     CheckpointError (model does not fit the pool), LabelsError (oracle strategy on a pool
     without labels), PoolExhaustedError (fewer candidates than query_size) before any
@@ -71,20 +74,22 @@ def score_pool(pool_uri: str, checkpoint: str, score: ScoreConfig,
 
 def _prepare(pool_uri, checkpoint, score: ScoreConfig, pool: PoolConfig, exclude_ids) -> dict:
     """Every check that can fail before the pool is scored."""
-    from alray.model import check_fits, load_checkpoint
+    from alray.model import check_fits, load_model, model_state
 
     check_names(score.strategies)
     needs = needs_of(score.strategies)
     shards = io.pool_shards(pool_uri)
     dims = infer_dims(pool_uri, pool)
-    model, config, _ = load_checkpoint(checkpoint)
-    check_fits(config, dims, None, str(checkpoint))
+    model, config = load_model(checkpoint)
+    source = "the model in memory" if isinstance(checkpoint, Mapping) else str(checkpoint)
+    check_fits(config, dims, None, source)
     if score.head not in model.head_names:
-        raise ConfigError(f"head {score.head!r}: the model from {checkpoint} has heads "
+        raise ConfigError(f"head {score.head!r}: {source} has heads "
                           f"{', '.join(model.head_names)}")
     if "loss_pred" in needs and not config.learning_loss:
         raise ConfigError(f"strategy learning_loss needs a model trained with a "
-                          f"loss-prediction module; {checkpoint} has none")
+                          f"loss-prediction module; {source} has none")
+    state = checkpoint if isinstance(checkpoint, Mapping) else model_state(model)
     del model
     columns = [pool.id_column, *pool.embedding_columns.values()]
     names = io.open_parquet(shards[0]).schema_arrow.names
@@ -120,7 +125,7 @@ def _prepare(pool_uri, checkpoint, score: ScoreConfig, pool: PoolConfig, exclude
         raise PoolExhaustedError(
             f"query size {score.query_size} is larger than the {candidates} unlabelled "
             f"posts left in {pool_uri} ({total} rows, {excluded_present} already labelled)")
-    return {"pool_uri": str(pool_uri), "checkpoint": str(checkpoint), "score": score,
+    return {"pool_uri": str(pool_uri), "model": state, "score": score,
             "pool": pool, "shards": shards, "dims": dims, "columns": columns,
             "exclude": exclude, "total": total, "id_type": id_type or pa.int64()}
 
@@ -132,7 +137,7 @@ def _run(plan: dict, use_ray: bool, address: str | None, progress: Progress | No
 
 def _score_local(plan: dict, progress: Progress | None) -> QueryMerger:
     score: ScoreConfig = plan["score"]
-    scorer = BatchScorer(plan["checkpoint"], score.to_dict(), plan["pool"].to_dict(),
+    scorer = BatchScorer(plan["model"], score.to_dict(), plan["pool"].to_dict(),
                          plan["dims"], exclude=plan["exclude"], keep_all=plan["keep_all"],
                          carry=plan["carry"])
     n_written = 0
@@ -165,10 +170,8 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
     if len(exclude) > PUT_THRESHOLD:
         exclude = ray.put(exclude)
     threads = max(1, int(score.num_cpus_per_actor)) if score.num_gpus_per_actor == 0 else 1
-    kwargs = {"checkpoint": os.path.abspath(plan["checkpoint"]) if "://" not in
-              plan["checkpoint"] else plan["checkpoint"],
-              "score": score.to_dict(), "pool": plan["pool"].to_dict(),
-              "dims": plan["dims"], "exclude": exclude, "num_threads": threads,
+    kwargs = {"checkpoint": ray.put(plan["model"]), "score": score.to_dict(),
+              "pool": plan["pool"].to_dict(), "dims": plan["dims"], "exclude": exclude, "num_threads": threads,
               "device": "cuda" if score.num_gpus_per_actor > 0 else "cpu",
               "keep_all": plan["keep_all"], "carry": plan["carry"]}
     counter = poller = None

@@ -14,20 +14,23 @@ from typing import Mapping
 import numpy as np
 import pyarrow as pa
 
-from alray.acquisition import compute_scores, needs_of
+from alray.acquisition import (
+    check_sampling, compute_scores, least_sure_head, needs_of, sampling_keys)
 from alray.acquisition.registry import STRATEGIES
 from alray.config import PoolConfig, ScoreConfig
-from alray.errors import LabelsError
+from alray.errors import ConfigError, LabelsError
 from alray.pool.arrays import UNLABELLED, arrays_from_table
-from alray.scoring.topk import mask_excluded, select_top
+from alray.scoring.topk import mask_excluded, select_balanced, select_top
 
-OUTPUT_COLUMNS = ("strategy", "id", "score", "predicted_class", "predicted_prob")
+OUTPUT_COLUMNS = ("strategy", "id", "score", "predicted_class", "predicted_prob",
+                  "least_sure_head")
 
 
 def output_schema(id_type: pa.DataType = pa.int64()) -> pa.Schema:
     """The schema of ``BatchScorer`` output (the id type follows the pool's)."""
     return pa.schema([("strategy", pa.string()), ("id", id_type), ("score", pa.float64()),
-                      ("predicted_class", pa.int64()), ("predicted_prob", pa.float64())])
+                      ("predicted_class", pa.int64()), ("predicted_prob", pa.float64()),
+                      ("least_sure_head", pa.string())])
 
 
 class BatchScorer:
@@ -65,6 +68,13 @@ class BatchScorer:
         self.model, self.config = load_model(_resolved(checkpoint), map_location=self.device)
         self.model.eval()
         self.needs = needs_of(self.score.strategies)
+        # with every score kept, rank sampling happens on the driver (merge_scores)
+        check_sampling(self.score.strategies, self.score.sampling, streaming=not keep_all)
+        self.modality_heads = tuple(h for h in self.model.head_names if h in self.dims)
+        if "heads" in self.needs and not self.modality_heads:
+            raise ConfigError("strategy head_disagreement needs a model with one head per "
+                              "modality (heads='multi'); this one has only "
+                              f"{', '.join(self.model.head_names)}")
         self.mc = (MCDropout(self.model, self.score.mc_samples, self.score.seed)
                    if "mc" in self.needs else None)
 
@@ -101,6 +111,7 @@ class BatchScorer:
             if "loss_pred" in self.needs:
                 inputs["loss_pred"] = (self.model.predict_loss(feats, pres).cpu().numpy()
                                        .astype(np.float64))
+            inputs.update(self._head_inputs(out.logits, data.present))
         if "labels" in self.needs:
             missing = int(np.count_nonzero(data.labels == UNLABELLED))
             if missing:
@@ -115,23 +126,63 @@ class BatchScorer:
         predicted = probs.argmax(axis=1)
         extra = {"predicted_class": predicted.astype(np.int64),
                  "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64),
+                 "least_sure_head": self._least_sure(inputs, len(data)),
                  "row": np.arange(len(data))}
         parts = []
         for name in self.score.strategies:
-            scores = compute_scores(name, inputs)
-            k = len(data) if self.keep_all else self.score.query_size
-            top = select_top(data.ids, scores, k, extra)
+            top = self._candidates(data.ids, compute_scores(name, inputs), extra)
             table = pa.table({
                 "strategy": pa.array([name] * len(top["id"]), pa.string()),
                 "id": pa.array(top["id"], id_type),
                 "score": pa.array(top["score"], pa.float64()),
                 "predicted_class": pa.array(top["predicted_class"], pa.int64()),
                 "predicted_prob": pa.array(top["predicted_prob"], pa.float64()),
+                "least_sure_head": pa.array(top["least_sure_head"], pa.string()),
             }, schema=output_schema(id_type))
             if self.carry:
                 table = self._append_carried(table, batch, top["row"])
             parts.append(table)
         return pa.concat_tables(parts)
+
+    def _candidates(self, ids: np.ndarray, scores: np.ndarray, extra: dict) -> dict:
+        """The rows of this batch that the driver's merge may need, keyed for ranking:
+        the sampling key replaces the score (rank sampling keeps the raw score: its key
+        needs the whole pool, see ``merge_scores``)."""
+        cfg = self.score
+        if self.keep_all:
+            if cfg.sampling != "rank":
+                scores = sampling_keys(scores, ids, cfg.sampling, cfg.sampling_beta,
+                                       cfg.seed, cfg.sampling_step)
+            return select_top(ids, scores, len(ids), extra)
+        keys = sampling_keys(scores, ids, cfg.sampling, cfg.sampling_beta, cfg.seed,
+                             cfg.sampling_step)
+        if cfg.class_cap:
+            return select_balanced(ids, keys, cfg.query_size, cfg.class_cap, extra)
+        return select_top(ids, keys, cfg.query_size, extra)
+
+    def _head_inputs(self, logits: Mapping, present: Mapping) -> dict[str, np.ndarray]:
+        """Every head's probabilities from the forward pass already made, stacked
+        ``(n, heads, c)`` in ``head_names`` order, and where each head means something."""
+        import torch
+
+        if not self.modality_heads:
+            return {}
+        names = self.model.head_names
+        probs = torch.stack([torch.softmax(logits[h].float(), dim=1) for h in names], dim=1)
+        n = probs.shape[0]
+        present_cols = [np.ones(n, bool) if h not in self.dims else np.asarray(present[h], bool)
+                        for h in names]
+        return {"head_probs": probs.cpu().numpy().astype(np.float64),
+                "head_present": np.stack(present_cols, axis=1)}
+
+    def _least_sure(self, inputs: Mapping, n: int) -> np.ndarray:
+        """``(n,)`` the modality whose head is least sure, None with one modality."""
+        if "head_probs" not in inputs:
+            return np.full(n, None, dtype=object)
+        names = self.model.head_names
+        cols = [names.index(m) for m in self.modality_heads]
+        return least_sure_head(inputs["head_probs"][:, cols], inputs["head_present"][:, cols],
+                               self.modality_heads)
 
     def _append_carried(self, table: pa.Table, batch: pa.Table, rows: np.ndarray) -> pa.Table:
         names = [*self.pool.embedding_columns.values(), self.pool.label_column]

@@ -201,14 +201,148 @@ class TopK:
         return top
 
 
-def merge_all(parts: Iterable[TopK | Mapping], k: int | None = None) -> TopK:
-    """Merge TopK objects or their ``to_dict`` forms (e.g. one per Ray task)."""
+def merge_all(parts: Iterable, k: int | None = None):
+    """Merge TopK (or BalancedTopK) objects or their ``to_dict`` forms (e.g. one per
+    Ray task); an empty ``parts`` gives an empty ``TopK(k)``."""
     merged = None
     for part in parts:
-        part = part if isinstance(part, TopK) else TopK.from_dict(part)
+        if isinstance(part, Mapping):  # plain data; a "cap" marks a balanced top-k
+            part = BalancedTopK.from_dict(part) if part.get("cap") else TopK.from_dict(part)
         merged = part if merged is None else merged.merge(part)
     if merged is None:
         if k is None:
             raise ValueError("merge_all got no parts and no k")
         return TopK(k)
     return merged
+
+
+# --- class-balanced queries (docs/acquisition.md) -----------------------------------
+#
+# The query is built in rounds over predicted classes: round r takes the r-th best post
+# of every class that has one, best first; after ``cap`` rounds (or when every class is
+# exhausted) the slots left go to the best remaining posts whatever their class. That is
+# one total order, (tier, round, -score, id) with tier 0 for a post within its class's
+# best ``cap``, so the query is a top k under it. A post of the query is either within
+# its class's best ``cap`` or within the best k overall, and both sets are preserved by
+# taking them per part then again over the union: keeping exactly those rows per batch
+# (``select_balanced``) and per merge makes the streamed query equal the central one.
+
+CLASS = "predicted_class"
+
+
+def _class_ranks(cols: Columns) -> np.ndarray:
+    """``(n,)`` 1-based rank of each row within its class by (-score, id)."""
+    classes = cols[CLASS]
+    order = np.lexsort((cols["id"], -cols["score"], classes))
+    sorted_classes = classes[order]
+    starts = np.r_[True, sorted_classes[1:] != sorted_classes[:-1]]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    ranks = np.empty(len(order), np.int64)
+    ranks[order] = np.arange(len(order)) - group_start + 1
+    return ranks
+
+
+def _top_index(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Indexes of the k best rows by (-score, id), unordered; O(n) unless ties."""
+    if len(scores) <= k:
+        return np.arange(len(scores))
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+    index = np.flatnonzero(scores >= kth)
+    if len(index) > k:  # ties at the threshold: the smaller ids win
+        index = index[np.lexsort((ids[index], -scores[index]))[:k]]
+    return index
+
+
+def _balanced_candidates(cols: Columns, k: int, cap: int) -> Columns:
+    """The rows any balanced query of these rows and more can use: each class's best
+    ``cap`` and the best k overall."""
+    scores, ids, classes = cols["score"], cols["id"], cols[CLASS]
+    if len(ids) <= k:
+        return cols
+    keep = np.zeros(len(ids), bool)
+    keep[_top_index(scores, ids, k)] = True
+    by_class = np.argsort(classes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(classes[by_class]) != 0])
+    for a, b in zip(starts, np.r_[starts[1:], len(ids)]):  # one pass per class present
+        rows = by_class[a:b]
+        keep[rows[_top_index(scores[rows], ids[rows], cap)]] = True
+    return _take(cols, np.flatnonzero(keep))
+
+
+def _balanced_order(cols: Columns, k: int, cap: int) -> np.ndarray:
+    """Indexes of the balanced query's rows, in query order (at most k)."""
+    ranks = _class_ranks(cols)
+    fill = ranks > cap
+    rounds = np.where(fill, 0, ranks)
+    return np.lexsort((cols["id"], -cols["score"], rounds, fill))[:k]
+
+
+def select_balanced(ids, scores, k: int, cap: int, extra: Mapping[str, np.ndarray]
+                    ) -> Columns:
+    """One batch's candidates for a class-balanced query (``extra`` holds
+    ``predicted_class``): each class's best ``cap`` plus the best k, unordered."""
+    _check_k(k)
+    _check_k(cap)
+    cols = _columns(ids, scores, extra)
+    if CLASS not in cols:
+        raise ValueError(f"a class-balanced top-k needs the {CLASS!r} column")
+    return _balanced_candidates(cols, k, cap)
+
+
+class BalancedTopK:
+    """Streaming exact class-balanced top-k (``TopK``'s interface; memory
+    O(k + classes x cap) rows). ``extra`` must hold ``predicted_class``."""
+
+    def __init__(self, k: int, cap: int):
+        _check_k(k)
+        _check_k(cap)
+        self.k, self.cap = k, cap
+        self._rows: Columns | None = None
+
+    def __len__(self) -> int:
+        return 0 if self._rows is None else len(self._rows["id"])
+
+    def update(self, ids, scores, extra: Mapping[str, np.ndarray] | None = None) -> None:
+        if len(ids) == 0:
+            return
+        self._absorb(select_balanced(ids, scores, self.k, self.cap, extra or {}))
+
+    def _absorb(self, cols: Columns) -> None:
+        self._rows = _balanced_candidates(_concat(self._rows, cols), self.k, self.cap)
+
+    def merge(self, other: "BalancedTopK") -> "BalancedTopK":
+        if (other.k, other.cap) != (self.k, self.cap):
+            raise ValueError(f"cannot merge balanced top-{self.k} (cap {self.cap}) with "
+                             f"top-{other.k} (cap {other.cap})")
+        merged = BalancedTopK(self.k, self.cap)
+        merged._rows = self._rows
+        if other._rows is not None:
+            merged._absorb(other._rows)
+        return merged
+
+    def result(self) -> Columns:
+        """The query's rows in query order (rounds, then the fill), plus ``rank``."""
+        if self._rows is None:
+            return TopK(self.k).result()
+        out = _take(self._rows, _balanced_order(self._rows, self.k, self.cap))
+        out["rank"] = np.arange(1, len(out["id"]) + 1, dtype=np.int64)
+        return out
+
+    def to_dict(self) -> dict:
+        """Plain data: every kept candidate (more than k rows), for a later merge."""
+        rows = None if self._rows is None else dict(self._rows)
+        return {"k": self.k, "cap": self.cap, "rows": rows}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "BalancedTopK":
+        top = cls(int(data["k"]), int(data["cap"]))
+        rows = data.get("rows")
+        if rows is not None:
+            rows = dict(rows)
+            top.update(rows.pop("id"), rows.pop("score"), rows)
+        return top
+
+
+def new_top(k: int, cap: int = 0) -> "TopK | BalancedTopK":
+    """A plain top-k (``cap`` 0) or a class-balanced one with ``cap`` rounds."""
+    return BalancedTopK(k, cap) if cap else TopK(k)

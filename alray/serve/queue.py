@@ -122,7 +122,10 @@ def _query_table(routed: pa.Table, step: int) -> pa.Table:
         "predicted_class": routed.column("predicted_class"),
         "predicted_prob": routed.column("predicted_prob"),
         "step": pa.array([step] * n, pa.int64()),
-        "strategy": routed.column("strategy")}).select(list(QUERY_COLUMNS))
+        "strategy": routed.column("strategy"),
+        "least_sure_head": (routed.column("least_sure_head")
+                            if "least_sure_head" in routed.column_names
+                            else pa.nulls(n, pa.string()))}).select(list(QUERY_COLUMNS))
 
 
 def _move_queued(shards: list[Path], folder: Path) -> None:

@@ -53,6 +53,21 @@ def test_ray_path_equals_local_path(ray_session, pool3, checkpoint):
         assert not set(b.column("id").to_pylist()) & set(exclude)
 
 
+def test_actors_need_no_checkpoint_on_disk(ray_session, pool3, checkpoint, tmp_path):
+    """On a cluster only the driver sees the checkpoint: the model travels in memory."""
+    import shutil
+
+    from alray.model import load_model, model_state
+
+    copy = shutil.copytree(checkpoint, tmp_path / "gone")
+    state = model_state(load_model(copy)[0])
+    shutil.rmtree(copy)
+    remote = score_pool(pool3, state, _config(), use_ray=True)
+    local = score_pool(pool3, checkpoint, _config(), use_ray=False)
+    for name in STRATS:
+        assert remote[name].column("id").to_pylist() == local[name].column("id").to_pylist()
+
+
 def test_ray_path_object_store_exclude(ray_session, pool3, checkpoint, monkeypatch):
     from alray.scoring import pipeline
     monkeypatch.setattr(pipeline, "PUT_THRESHOLD", 5)  # force ray.put of the ids

@@ -159,8 +159,10 @@ def test_registry_every_strategy_computes():
     mean_probs, mean_entropy = _mc(samples)
     inputs = {"probs": probs, "mc_mean_probs": mean_probs, "mc_mean_entropy": mean_entropy,
               "loss_pred": rng.normal(size=30), "labels": rng.integers(0, 4, 30),
-              "ids": np.arange(30), "seed": 0}
-    assert len(STRATEGY_NAMES) == 11
+              "ids": np.arange(30), "seed": 0,
+              "head_probs": rng.dirichlet(np.ones(4), size=(30, 3)),
+              "head_present": np.ones((30, 3), bool)}
+    assert len(STRATEGY_NAMES) == 12
     for name in STRATEGY_NAMES:
         scores = compute_scores(name, inputs)
         assert scores.shape == (30,) and np.isfinite(scores).all(), name

@@ -39,7 +39,8 @@ def _query_table(ids: list, ranks: list, step: int, id_type: pa.DataType) -> pa.
             "rank": pa.array(ranks, pa.int64()),
             "predicted_class": pa.array([0] * n, pa.int64()),
             "predicted_prob": pa.array([0.3] * n), "step": pa.array([step] * n, pa.int64()),
-            "strategy": pa.array(["margin"] * n)}
+            "strategy": pa.array(["margin"] * n),
+            "least_sure_head": pa.array(["image"] * n)}
     return pa.table({name: data[name] for name in QUERY_COLUMNS})
 
 

@@ -84,7 +84,7 @@ def test_local_path_matches_brute_force(pool3, checkpoint):
     assert list(tables) == list(STRATS)
     for name, table in tables.items():
         assert table.column_names == ["id", "score", "rank", "predicted_class",
-                                      "predicted_prob", "strategy"]
+                                      "predicted_prob", "strategy", "least_sure_head"]
         assert table.num_rows == 10
         ids = table.column("id").to_numpy()
         scores = table.column("score").to_numpy()
@@ -152,7 +152,7 @@ def test_batch_scorer_output_and_empty_schema(pool3, checkpoint):
                          exclude=np.sort(ids[:5]), num_threads=1)
     out = scorer(table.slice(0, 20))
     assert out.column_names == ["strategy", "id", "score", "predicted_class",
-                                "predicted_prob"]
+                                "predicted_prob", "least_sure_head"]
     assert out.num_rows == 6
     assert not set(out.column("id").to_pylist()) & set(ids[:5].tolist())
     empty = scorer(table.slice(0, 5))  # all excluded
