@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 
 import numpy as np
@@ -27,6 +28,26 @@ def ray_session():
              runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
     yield ray
     ray.shutdown()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (another Ray or service may hold the defaults)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """PIDs whose command line (or Ray's process title) contains ``text``, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def fixed_list(matrix: np.ndarray, missing: np.ndarray | None = None) -> pa.Array:

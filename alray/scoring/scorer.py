@@ -79,10 +79,6 @@ class BatchScorer:
                    if "mc" in self.needs else None)
 
     def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
-        import torch
-
-        from alray.model import as_tensors
-
         if isinstance(batch, pa.RecordBatch):
             batch = pa.Table.from_batches([batch])
         if self.counter is not None:
@@ -97,6 +93,36 @@ class BatchScorer:
         if len(data) == 0:
             empty = output_schema(id_type).empty_table()
             return self._append_carried(empty, batch, np.zeros(0, np.int64)) if self.carry else empty
+        probs, inputs = self.score_inputs(data)
+        predicted = probs.argmax(axis=1)
+        extra = {"predicted_class": predicted.astype(np.int64),
+                 "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64),
+                 "least_sure_head": self._least_sure(inputs, len(data)),
+                 "row": np.arange(len(data))}
+        parts = []
+        for name in self.score.strategies:
+            top = self._candidates(data.ids, compute_scores(name, inputs), extra)
+            table = pa.table({
+                "strategy": pa.array([name] * len(top["id"]), pa.string()),
+                "id": pa.array(top["id"], id_type),
+                "score": pa.array(top["score"], pa.float64()),
+                "predicted_class": pa.array(top["predicted_class"], pa.int64()),
+                "predicted_prob": pa.array(top["predicted_prob"], pa.float64()),
+                "least_sure_head": pa.array(top["least_sure_head"], pa.string()),
+            }, schema=output_schema(id_type))
+            if self.carry:
+                table = self._append_carried(table, batch, top["row"])
+            parts.append(table)
+        return pa.concat_tables(parts)
+
+    def score_inputs(self, data) -> tuple[np.ndarray, dict]:
+        """One forward pass (plus MC dropout when needed) over ``data`` (PostArrays):
+        the scored head's probabilities and every input of ``compute_scores`` for the
+        requested strategies (the online service computes its scores with it too)."""
+        import torch
+
+        from alray.model import as_tensors
+
         head = self.score.head
         with torch.inference_mode():
             feats, pres = as_tensors(data.features, data.present, self.device)
@@ -123,26 +149,7 @@ class BatchScorer:
             inputs["labels"] = data.labels
         inputs["ids"] = data.ids
         inputs["seed"] = self.score.seed
-        predicted = probs.argmax(axis=1)
-        extra = {"predicted_class": predicted.astype(np.int64),
-                 "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64),
-                 "least_sure_head": self._least_sure(inputs, len(data)),
-                 "row": np.arange(len(data))}
-        parts = []
-        for name in self.score.strategies:
-            top = self._candidates(data.ids, compute_scores(name, inputs), extra)
-            table = pa.table({
-                "strategy": pa.array([name] * len(top["id"]), pa.string()),
-                "id": pa.array(top["id"], id_type),
-                "score": pa.array(top["score"], pa.float64()),
-                "predicted_class": pa.array(top["predicted_class"], pa.int64()),
-                "predicted_prob": pa.array(top["predicted_prob"], pa.float64()),
-                "least_sure_head": pa.array(top["least_sure_head"], pa.string()),
-            }, schema=output_schema(id_type))
-            if self.carry:
-                table = self._append_carried(table, batch, top["row"])
-            parts.append(table)
-        return pa.concat_tables(parts)
+        return probs, inputs
 
     def _candidates(self, ids: np.ndarray, scores: np.ndarray, extra: dict) -> dict:
         """The rows of this batch that the driver's merge may need, keyed for ranking:

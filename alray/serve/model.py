@@ -75,26 +75,6 @@ class OnlineModel:
         return out
 
     def _outputs(self, table: pa.Table) -> tuple[np.ndarray, Mapping[str, object]]:
-        """The inputs of ``compute_scores``, computed as ``BatchScorer.__call__`` does."""
-        import torch
-
-        from alray.model import as_tensors
-
+        """The inputs of ``compute_scores``: ``BatchScorer``'s own forward pass."""
         s = self._scorer
-        data = arrays_from_table(table, s.pool, s.dims)
-        with torch.inference_mode():
-            feats, pres = as_tensors(data.features, data.present, s.device)
-            out = s.model(feats, pres)
-            probs = torch.softmax(out.logits[s.score.head].float(), dim=1).cpu().numpy()
-            inputs: dict[str, object] = {"probs": probs.astype(np.float64)}
-            if s.mc is not None:
-                stats = s.mc.statistics(feats, pres, s.score.head)
-                inputs["mc_mean_probs"] = stats["mean_probs"].cpu().numpy().astype(np.float64)
-                inputs["mc_mean_entropy"] = (stats["mean_entropy"].cpu().numpy()
-                                             .astype(np.float64))
-            if "loss_pred" in s.needs:
-                inputs["loss_pred"] = (s.model.predict_loss(feats, pres).cpu().numpy()
-                                       .astype(np.float64))
-        inputs["ids"] = data.ids
-        inputs["seed"] = s.score.seed
-        return probs, inputs
+        return s.score_inputs(arrays_from_table(table, s.pool, s.dims))

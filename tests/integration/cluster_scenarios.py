@@ -14,24 +14,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from tests.conftest import free_port, pids_mentioning
+
 # node death is noticed within ~2 s instead of the default ~15 s health-check window
 SYSTEM_CONFIG = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                  "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
 NODE_CPUS = 2
 OBJECT_STORE = 150 * 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_cluster():
@@ -66,18 +61,6 @@ def _parent(pid: int) -> int:
         return 0
 
 
-def pids_named(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return found
-
-
 def kill_node(cluster, node) -> None:
     cluster.remove_node(node, allow_graceful=False)
 
@@ -95,7 +78,7 @@ def scoring(out: str, pool: str, checkpoint: str) -> None:
         with lock:
             if seen["killed"] or not 0 < done < total // 4 * 3:
                 return
-            hosts = {node_of(pid, workers) for pid in pids_named("BatchScorer")} - {None}
+            hosts = {node_of(pid, workers) for pid in pids_mentioning("BatchScorer")} - {None}
             if not hosts:
                 return
             victim = sorted(hosts, key=lambda n: n.unique_id)[0]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,19 +19,13 @@ import pytest
 
 from alray.config import ScoreConfig
 from alray.scoring.pipeline import score_pool
-from tests.conftest import make_pool_table, write_pool
+from tests.conftest import free_port, make_pool_table, pids_mentioning, write_pool
 from tests.unit.test_scorer import build_checkpoint
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 START_TIMEOUT_S = 90
 JOB_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +55,8 @@ def head(tmp_path_factory):
     finally:
         _stop(proc)
         log.close()
-    left = processes_mentioning(str(temp))
+    left = pids_mentioning(str(temp))
     assert not left, f"processes of the test's head still running: {left}"
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains ``text`` (read from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            continue
-    return found
 
 
 def token_header() -> dict:

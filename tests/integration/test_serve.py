@@ -4,7 +4,6 @@ into the loop through ``alray labels import``. Serve starts once for the module.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -19,17 +18,11 @@ from click.testing import CliRunner
 from alray.cli import main
 from alray.config import PoolConfig, ScoreConfig
 from alray.pool import io
-from tests.conftest import make_pool_table, write_pool
+from tests.conftest import free_port, make_pool_table, write_pool
 from tests.unit.test_scorer import build_checkpoint
 
 TOKEN = "s3cret-token"
 STRATS = ("margin", "entropy", "bald")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
