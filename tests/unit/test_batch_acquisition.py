@@ -240,17 +240,7 @@ def test_least_sure_head():
 
 # --- through the scorer and the in-process pipeline ----------------------------------
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from tests.unit.test_scorer import build_checkpoint
-    return build_checkpoint(tmp_path_factory.mktemp("ckpt") / "model")
-
-
-@pytest.fixture(scope="module")
-def pool3(tmp_path_factory):
-    from tests.conftest import make_pool_table, write_pool
-    tables = [make_pool_table(60, seed=i, first_id=1000 * i + 7) for i in range(3)]
-    return write_pool(tmp_path_factory.mktemp("pool") / "pool", tables)
+from tests.unit.test_scorer import checkpoint, pool3  # noqa: E402,F401 (fixtures)
 
 
 def _query_ids(pool, checkpoint, **options):
