@@ -287,6 +287,9 @@ def _run_training(pool_uri, val_uri, config, out, classes, epochs, heads, seed, 
 
 def sampling_options(fn):
     """How the query is drawn from the scores (docs/acquisition.md); score and loop."""
+    fn = click.option("--candidates", type=int, default=0, show_default=True,
+                      help="Score only a seeded random subset of this many unlabelled "
+                           "posts (new each step); 0 = the whole pool.")(fn)
     fn = click.option("--class-balance", type=float, default=0.0, show_default=True,
                       help="Share of the query: rounds over predicted classes, each "
                            "class at most ceil(share x query size) posts before the best "
@@ -328,8 +331,8 @@ def sampling_options(fn):
 @friendly_errors
 def score(pool, checkpoint, strategies, query_size, exclude, out, step, mc_samples, actors,
           num_cpus_per_actor, num_gpus_per_actor, batch_size, head, seed, local, address,
-          show, scores_out, sampling, sampling_beta, class_balance, id_column, label_column,
-          embedding_columns):
+          show, scores_out, sampling, sampling_beta, class_balance, candidates, id_column,
+          label_column, embedding_columns):
     """Score --pool with --checkpoint; write the top --query-size posts per strategy."""
     from alray.config import ScoreConfig
     config = pool_config(id_column, label_column, embedding_columns)
@@ -341,7 +344,7 @@ def score(pool, checkpoint, strategies, query_size, exclude, out, step, mc_sampl
                       num_cpus_per_actor=num_cpus_per_actor,
                       num_gpus_per_actor=num_gpus_per_actor, sampling=sampling,
                       sampling_beta=sampling_beta, sampling_step=step,
-                      class_balance=class_balance)
+                      class_balance=class_balance, candidates=candidates)
     from alray.pool.load import read_ids_file
     exclude_ids = read_ids_file(exclude, config.id_column) if exclude else None
     _run_scoring(pool, checkpoint, cfg, config, exclude_ids, not local, address, out, step,

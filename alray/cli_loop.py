@@ -24,7 +24,7 @@ FROZEN_OPTIONS = {
     "adaptive_batch": "train.adaptive_batch", "freeze_batchnorm": "train.freeze_batchnorm",
     "loss_weighting": "train.loss_weighting", "classes": "model.n_classes",
     "sampling": "score.sampling", "sampling_beta": "score.sampling_beta",
-    "class_balance": "score.class_balance",
+    "class_balance": "score.class_balance", "candidates": "score.candidates",
 }
 
 
@@ -115,7 +115,7 @@ def _score(p: dict) -> ScoreConfig:
                        batch_size=p["score_batch_size"], actors=p["actors"],
                        num_cpus_per_actor=cpus, num_gpus_per_actor=p["num_gpus_per_actor"],
                        sampling=p["sampling"], sampling_beta=p["sampling_beta"],
-                       class_balance=p["class_balance"])
+                       class_balance=p["class_balance"], candidates=p["candidates"])
 
 
 def _overrides(p: dict, given: set[str]) -> dict:

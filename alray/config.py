@@ -222,6 +222,7 @@ class ScoreConfig(_Config):
     sampling_beta: float = 1.0
     sampling_step: int = 0          # a new value gives every post fresh sampling noise
     class_balance: float = 0.0      # 0: off; else rounds over predicted classes
+    candidates: int = 0             # 0: the whole pool; else a seeded random subset per step
 
     def _check(self) -> list[str]:
         problems = _sampling_problems(self)
@@ -256,6 +257,11 @@ def _sampling_problems(score: "ScoreConfig") -> list[str]:
         problems.append(f"sampling_beta must be a number in (0, 1e6), got {beta!r}")
     if not isinstance(score.sampling_step, int) or score.sampling_step < 0:
         problems.append(f"sampling_step must be an integer >= 0, got {score.sampling_step!r}")
+    n = score.candidates
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        problems.append(f"candidates must be an integer >= 0 (0 = the whole pool), got {n!r}")
+    elif 0 < n < score.query_size:
+        problems.append(f"candidates {n} is smaller than the query size {score.query_size}")
     share = score.class_balance
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         problems.append(f"class_balance must be a share in [0, 1] (0 = off), got {share!r}")

@@ -225,6 +225,15 @@ def random_scores(ids, seed: int) -> np.ndarray:
 
 # keeps the Gumbel stream apart from the ``random`` strategy's scores under one seed
 _GUMBEL_STREAM = 0x67756D62656C  # "gumbel"
+_CANDIDATE_STREAM = 0x63616E64  # "cand": candidate subsets independent of the noise
+
+
+def candidate_hashes(ids, seed: int, step: int = 0) -> np.ndarray:
+    """``(n,)`` uint64 per post, a function of (seed, step, id): the posts with the N
+    smallest values are a uniform random subset of N (``--candidates``), the same
+    whatever the batching, and a new one each step."""
+    key = _key_of(_check_seed(seed), _CANDIDATE_STREAM, _check_seed(step, "step"))
+    return _hash_ids(ids, key)
 
 
 def gumbel_noise(ids, seed: int, step: int = 0) -> np.ndarray:

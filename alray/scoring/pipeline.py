@@ -98,6 +98,7 @@ def _prepare(pool_uri, checkpoint, score: ScoreConfig, pool: PoolConfig, exclude
         columns.append(pool.label_column)
     exclude = sorted_ids(exclude_ids) if exclude_ids is not None else np.zeros(0, np.int64)
     total, excluded_present, labelled, id_type = 0, 0, 0, None
+    subset = _CandidateSubset(score) if score.candidates else None
     for shard in shards:
         pf = io.open_parquet(shard)
         total += pf.metadata.num_rows
@@ -115,6 +116,8 @@ def _prepare(pool_uri, checkpoint, score: ScoreConfig, pool: PoolConfig, exclude
                 ids, value_set=pa.array(exclude))).as_py() or 0)
         if pool.label_column in table.column_names:
             labelled += len(table) - table.column(pool.label_column).null_count
+        if subset is not None:
+            subset.add(ids.to_numpy(zero_copy_only=False), exclude)
     oracles = [s for s in score.strategies if STRATEGIES[s].oracle]
     if oracles and labelled == 0:
         raise LabelsError(f"oracle strategies {', '.join(oracles)} need the true labels, "
@@ -127,7 +130,33 @@ def _prepare(pool_uri, checkpoint, score: ScoreConfig, pool: PoolConfig, exclude
             f"posts left in {pool_uri} ({total} rows, {excluded_present} already labelled)")
     return {"pool_uri": str(pool_uri), "model": state, "score": score,
             "pool": pool, "shards": shards, "dims": dims, "columns": columns,
-            "exclude": exclude, "total": total, "id_type": id_type or pa.int64()}
+            "exclude": exclude, "total": total, "id_type": id_type or pa.int64(),
+            "candidate_max": subset.threshold() if subset is not None else None}
+
+
+class _CandidateSubset:
+    """``--candidates N``: the N unlabelled posts with the smallest candidate hashes, a
+    seeded uniform subset, new each step. The driver finds the N-th smallest hash from
+    the id column it reads anyway; the scorers then keep the rows at or below it."""
+
+    def __init__(self, score: ScoreConfig):
+        self.n, self.seed, self.step = score.candidates, score.seed, score.sampling_step
+        self.kept = np.zeros(0, np.uint64)
+
+    def add(self, ids: np.ndarray, exclude: np.ndarray) -> None:
+        from alray.acquisition import candidate_hashes
+        from alray.scoring.topk import mask_excluded
+
+        hashes = candidate_hashes(ids[mask_excluded(ids, exclude)], self.seed, self.step)
+        self.kept = np.concatenate([self.kept, hashes])
+        if len(self.kept) > self.n:  # keep O(N) whatever the pool size
+            self.kept = np.partition(self.kept, self.n - 1)[:self.n]
+
+    def threshold(self) -> int | None:
+        """The largest kept hash; None when the subset is the whole unlabelled pool."""
+        if len(self.kept) < self.n:
+            return None
+        return int(self.kept.max())
 
 
 def _run(plan: dict, use_ray: bool, address: str | None, progress: Progress | None
@@ -139,6 +168,7 @@ def _score_local(plan: dict, progress: Progress | None) -> QueryMerger:
     score: ScoreConfig = plan["score"]
     scorer = BatchScorer(plan["model"], score.to_dict(), plan["pool"].to_dict(),
                          plan["dims"], exclude=plan["exclude"], keep_all=plan["keep_all"],
+                         candidate_max=plan["candidate_max"],
                          carry=plan["carry"])
     n_written = 0
     merger, done = QueryMerger(score, plan["carry"]), 0
@@ -173,7 +203,8 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
     kwargs = {"checkpoint": ray.put(plan["model"]), "score": score.to_dict(),
               "pool": plan["pool"].to_dict(), "dims": plan["dims"], "exclude": exclude, "num_threads": threads,
               "device": "cuda" if score.num_gpus_per_actor > 0 else "cpu",
-              "keep_all": plan["keep_all"], "carry": plan["carry"]}
+              "keep_all": plan["keep_all"], "carry": plan["carry"],
+              "candidate_max": plan["candidate_max"]}
     counter = poller = None
     if progress:
         counter = ray.remote(num_cpus=0)(RowCounter).remote()

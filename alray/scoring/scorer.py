@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from alray.acquisition import (
-    check_sampling, compute_scores, least_sure_head, needs_of, sampling_keys)
+    candidate_hashes, check_sampling, compute_scores, least_sure_head, needs_of,
+    sampling_keys)
 from alray.acquisition.registry import STRATEGIES
 from alray.config import PoolConfig, ScoreConfig
 from alray.errors import ConfigError, LabelsError
@@ -43,12 +44,14 @@ class BatchScorer:
     it to the CPUs the actor was given). device: "cpu" or "cuda". counter: a
     ``RowCounter`` actor handle told the rows of every batch. keep_all: return every
     row's score (for ``--scores-out``) instead of the batch's top-k. carry: append the
-    candidates' pool columns (embeddings, label) to the output.
+    candidates' pool columns (embeddings, label) to the output. candidate_max: score
+    only the rows whose ``candidate_hashes`` are at most this (``--candidates``).
     """
 
     def __init__(self, checkpoint: str | Mapping, score: Mapping, pool: Mapping,
                  dims: Mapping, exclude=None, num_threads: int | None = None, device: str = "cpu",
-                 keep_all: bool = False, carry: bool = False, counter=None):
+                 keep_all: bool = False, carry: bool = False, counter=None,
+                 candidate_max: int | None = None):
         import torch
 
         from alray.model import MCDropout, load_model
@@ -56,6 +59,7 @@ class BatchScorer:
         if num_threads:
             torch.set_num_threads(int(num_threads))
         exclude = _resolved(exclude)
+        self.candidate_max = None if candidate_max is None else np.uint64(candidate_max)
         self.exclude = (np.zeros(0, np.int64) if exclude is None
                         else np.asarray(exclude))
         self.keep_all = keep_all
@@ -86,6 +90,9 @@ class BatchScorer:
         id_type = batch.schema.field(self.pool.id_column).type
         data = arrays_from_table(batch, self.pool, self.dims)
         keep = mask_excluded(data.ids, self.exclude)
+        if self.candidate_max is not None:  # --candidates: this step's random subset
+            keep &= candidate_hashes(data.ids, self.score.seed,
+                                     self.score.sampling_step) <= self.candidate_max
         if not keep.all():
             data = data.take(keep)
             if self.carry:

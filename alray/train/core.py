@@ -163,7 +163,7 @@ def _train(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: int,
     model = trainer.model
     _check_labels(data, model.config.n_classes)
     features, present = as_tensors(data.features, data.present)  # CPU, zero-copy
-    labels = torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64))
+    labels = torch.from_numpy(np.array(data.labels, dtype=np.int64))  # a writable copy
     sizes = epoch_batches(len(data), train.batch_size, train.adaptive_batch)
     device = next(model.parameters()).device
     devices = [device.index or 0] if device.type == "cuda" else []

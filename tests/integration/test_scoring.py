@@ -53,6 +53,14 @@ def test_ray_path_equals_local_path(ray_session, pool3, checkpoint):
         assert not set(b.column("id").to_pylist()) & set(exclude)
 
 
+def test_ray_path_equals_local_path_on_a_candidate_subset(ray_session, pool3, checkpoint):
+    cfg = _config(candidates=50, sampling_step=2, batch_size=17)
+    local = score_pool(pool3, checkpoint, cfg, exclude_ids=[0, 1, 2], use_ray=False)
+    remote = score_pool(pool3, checkpoint, cfg, exclude_ids=[0, 1, 2], use_ray=True)
+    for name in STRATS:
+        assert local[name].column("id").to_pylist() == remote[name].column("id").to_pylist()
+
+
 def test_actors_need_no_checkpoint_on_disk(ray_session, pool3, checkpoint, tmp_path):
     """On a cluster only the driver sees the checkpoint: the model travels in memory."""
     import shutil

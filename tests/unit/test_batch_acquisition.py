@@ -294,3 +294,37 @@ def test_least_sure_head_null_exactly_where_one_modality(pool3, checkpoint):
         assert (head in ("image", "text")) if post in both else head is None
     scores = query.column("score").to_numpy()
     assert (scores >= 0).all() and (scores <= np.log(3) + 1e-9).all()
+
+
+# --- candidate subsampling (--candidates) ----------------------------------------------
+
+def test_candidates_score_a_seeded_uniform_subset_of_the_unlabelled(pool3, checkpoint):
+    from alray.acquisition import candidate_hashes
+    from alray.config import PoolConfig, ScoreConfig
+    from alray.pool.load import read_ids_and_labels
+    from alray.scoring.pipeline import score_pool
+
+    ids, _ = read_ids_and_labels(pool3, PoolConfig())
+    exclude = ids[:25]
+    cfg = ScoreConfig(strategies=("margin", "random"), query_size=40, candidates=40,
+                      batch_size=13, sampling_step=3)
+    queries = score_pool(pool3, checkpoint, cfg, exclude_ids=exclude, use_ray=False)
+    # the query size equals the subset: every query holds exactly the subset
+    left = ids[~np.isin(ids, exclude)]
+    expected = set(left[np.argsort(candidate_hashes(left, 0, 3))[:40]].tolist())
+    for table in queries.values():
+        assert set(table.column("id").to_pylist()) == expected
+    same = score_pool(pool3, checkpoint, cfg.replace(batch_size=1000), exclude_ids=exclude,
+                      use_ray=False)
+    assert same["margin"].equals(queries["margin"])
+    other = score_pool(pool3, checkpoint, cfg.replace(sampling_step=4), exclude_ids=exclude,
+                       use_ray=False)
+    assert set(other["margin"].column("id").to_pylist()) != expected
+
+
+def test_candidates_smaller_than_the_query_is_refused():
+    from alray.config import ScoreConfig
+    from alray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="candidates 5 is smaller than the query size 20"):
+        ScoreConfig(candidates=5)
