@@ -2,16 +2,30 @@
 
     .venv/bin/python bench/score.py --rows 250000 --strategy bald
     .venv/bin/python bench/score.py --rows 1000000 --strategy margin
+    .venv/bin/python bench/score.py --rows 4000000 --strategy margin --no-naive --memory
 
 The pool is generated once (study dims) under --dir. The naive baseline reads the same
 shards with pyarrow, runs K full forward passes with ordinary per-element dropout (or
 one pass), scores every row and fully sorts. All rows are printed as markdown.
+
+``--paths`` picks the runs, in that order (naive, local, ray1 = ``ScoreConfig()``'s
+layout: 1 actor x 1 CPU, one torch thread; ray2 = 2 actors x 0.5 CPU, one thread each);
+``--repeat N`` runs the whole
+sequence N times in this one process (compare runs of one process only: the machine is
+shared). The embedded Ray is started before the timed runs. ``--memory`` samples, every 0.2 s during each run, the resident memory (RSS,
+and its private part RssAnon) of this process (the driver) and of every Ray Data
+scoring actor (a process whose title names ``MapWorker``/``BatchScorer``), from /proc,
+and prints the driver's peak and the largest per-actor peak. An actor's RSS includes
+the object-store pages it maps (blocks are read zero-copy); RssAnon does not. The
+driver's RSS never shrinks back within a process: put the Ray paths first in --paths
+to read the Ray path's driver peak without the local path's.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -62,6 +76,96 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
+ACTOR_MARKERS = ("MapWorker", "BatchScorer")
+
+
+def _rss(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, RssAnon) of a process in bytes, from /proc; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return None
+    kib = lambda name: int(fields.get(name, "0 kB").split()[0]) * 1024  # noqa: E731
+    return kib("VmRSS"), kib("RssAnon")
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _actor_pids() -> list[int]:
+    """Scoring actors started by this process's Ray (descendants of this process): other
+    Ray sessions on the same machine are not counted."""
+    me, pids = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmd for m in ACTOR_MARKERS):
+            pid, seen = int(name), 0
+            while pid > 1 and pid != me and seen < 64:
+                pid, seen = _ppid(pid), seen + 1
+            if pid == me:
+                pids.append(int(name))
+    return pids
+
+
+class MemorySampler:
+    """Peak RSS of the driver and of each scoring actor, sampled every ``interval`` s."""
+
+    def __init__(self, interval: float = 0.2, actors: bool = True):
+        self.interval = interval
+        self.watch_actors = actors
+        self.ignore = set(_actor_pids())  # a previous run's actors, still being torn down
+        self.driver = (0, 0)
+        self.actors: dict[int, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        me = _rss(os.getpid())
+        if me:
+            self.driver = tuple(map(max, self.driver, me))
+        for pid in (_actor_pids() if self.watch_actors else ()):
+            if pid in self.ignore:
+                continue
+            rss = _rss(pid)
+            if rss:
+                self.actors[pid] = tuple(map(max, self.actors.get(pid, (0, 0)), rss))
+
+    def _run(self) -> None:
+        self._sample()
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def summary(self) -> str:
+        gib = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
+        if self.actors:
+            rss = max(v[0] for v in self.actors.values())
+            anon = max(v[1] for v in self.actors.values())
+            actors = f"{gib(rss)} / {gib(anon)} ({len(self.actors)} actors)"
+        else:
+            actors = "-"
+        return f"{gib(self.driver[0])} / {gib(self.driver[1])} | {actors}"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=250_000)
@@ -69,6 +173,13 @@ def main():
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "alray-bench-score"))
+    ap.add_argument("--paths", default="naive,local,ray1,ray2",
+                    help="comma list of naive, local, ray1, ray2")
+    ap.add_argument("--no-naive", action="store_true",
+                    help="skip the naive baseline (minutes at 4M rows)")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--memory", action="store_true",
+                    help="peak RSS of the driver and of each scoring actor")
     args = ap.parse_args()
     pool_dir = f"{args.dir}/pool{args.rows}"
     if not os.path.exists(pool_dir):
@@ -83,21 +194,58 @@ def main():
     cfg = ScoreConfig(strategies=(args.strategy,), mc_samples=args.k,
                       batch_size=args.batch_size, num_cpus_per_actor=0.5)
     torch.set_num_threads(2)
-    runs = [("naive single process", lambda: naive(pool, model, args.strategy, args.k,
-                                                   args.batch_size)),
-            ("alray local path", lambda: score_pool(pool, ckpt, cfg, use_ray=False)),
-            ("alray Ray Data, 1 actor x 1 CPU", lambda: score_pool(
-                pool, ckpt, cfg.replace(actors=1, num_cpus_per_actor=1.0), use_ray=True)),
-            ("alray Ray Data, 2 actors x 0.5 CPU", lambda: score_pool(
-                pool, ckpt, cfg.replace(actors=2, num_cpus_per_actor=0.5), use_ray=True))]
-    print(f"| {args.strategy} | rows | seconds | rows/s | GB/s read | vs naive |")
-    print("|---|---:|---:|---:|---:|---:|")
-    base = None
-    for name, fn in runs:
-        seconds, _ = timed(fn)
-        base = base or seconds
-        print(f"| {name} | {args.rows:,} | {seconds:.1f} | {args.rows / seconds:,.0f} | "
-              f"{gib * 1.0737 / seconds:.2f} | {base / seconds:.2f}x |", flush=True)
+    default = ScoreConfig()
+
+    ray1 = lambda: score_pool(pool, ckpt, cfg.replace(  # noqa: E731
+        actors=default.actors, num_cpus_per_actor=default.num_cpus_per_actor), use_ray=True)
+    every = {
+        "naive": ("naive single process", lambda: naive(pool, model, args.strategy, args.k,
+                                                        args.batch_size)),
+        "local": ("alray local path", lambda: score_pool(pool, ckpt, cfg, use_ray=False)),
+        "ray1": (f"alray Ray Data, {default.actors} actor x {default.num_cpus_per_actor:g} "
+                 f"CPU (ScoreConfig defaults)", ray1),
+        "ray2": ("alray Ray Data, 2 actors x 0.5 CPU", lambda: score_pool(
+            pool, ckpt, cfg.replace(actors=2, num_cpus_per_actor=0.5), use_ray=True)),
+    }
+    chosen = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if args.no_naive:
+        chosen = [p for p in chosen if p != "naive"]
+    unknown = set(chosen) - set(every)
+    if unknown:
+        ap.error(f"unknown --paths {sorted(unknown)}; choose from {sorted(every)}")
+    if any(k.startswith("ray") for k in chosen):
+        from alray.runtime import ensure_ray
+        ensure_ray()  # Ray's own start-up is paid once per process: not timed
+    head = (f"| {args.strategy} | rows | seconds | s per 1M rows | rows/s | GB/s read | "
+            f"vs naive | vs local | load 1 min |")
+    align = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    if args.memory:
+        head += " driver peak RSS / anon GiB | actor peak RSS / anon GiB |"
+        align += "---:|---:|"
+    print(head)
+    print(align, flush=True)
+    for _ in range(args.repeat):  # ratios against this round's naive and local runs
+        done: list[tuple] = []  # (path, name, seconds, load, memory)
+        for key in chosen:
+            name, fn = every[key]
+            sampler = MemorySampler(actors=key.startswith("ray")) if args.memory else None
+            if sampler:
+                with sampler:
+                    seconds, _ = timed(fn)
+            else:
+                seconds, _ = timed(fn)
+            done.append((key, name, seconds, f"{os.getloadavg()[0]:.1f}",
+                         sampler.summary() if sampler else None))
+        base = {key: seconds for key, _, seconds, *_ in done if key in ("naive", "local")}
+        for key, name, seconds, load, memory in done:
+            ratios = " | ".join(f"{base[r] / seconds:.2f}x" if r in base else "-"
+                                for r in ("naive", "local"))
+            line = (f"| {name} | {args.rows:,} | {seconds:.1f} | "
+                    f"{seconds / args.rows * 1e6:.1f} | {args.rows / seconds:,.0f} | "
+                    f"{gib * 1.0737 / seconds:.2f} | {ratios} | {load} |")
+            if memory:
+                line += f" {memory} |"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
