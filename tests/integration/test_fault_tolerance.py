@@ -22,7 +22,7 @@ from tests.unit.test_scorer import build_checkpoint
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SCENARIO_TIMEOUT_S = 400
-CLUSTER_STEPS = 4  # each step pays Ray Data's start-up on the cluster: keep them few
+CLUSTER_STEPS = 3  # each step pays Ray Data's start-up on the cluster: keep them few
 CLUSTER_ARGS = [a for a in LOOP_ARGS if a != "--local"] + [
     "--actors", "1", "--num-cpus-per-actor", "0.5", "--score-batch-size", "64"]
 

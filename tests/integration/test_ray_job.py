@@ -86,10 +86,10 @@ def _wait_for_job_server(url: str, proc: subprocess.Popen, log_path):
 
 def _stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the process group of our `ray start --block`: it stops the processes it
-    started; SIGKILL the group if it has not within 30 s."""
+    started; SIGKILL the group if it has not within 10 s."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
