@@ -21,7 +21,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
-RAY_EXTRAS = {"default", "data", "train", "tune"}
+RAY_EXTRAS = {"default", "data", "train", "tune", "serve"}  # serve: jobs/serve.py
 
 
 def raw() -> dict:
