@@ -104,11 +104,11 @@ class BatchScorer:
         predicted = probs.argmax(axis=1)
         extra = {"predicted_class": predicted.astype(np.int64),
                  "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64),
-                 "least_sure_head": self._least_sure(inputs, len(data)),
                  "row": np.arange(len(data))}
         parts = []
         for name in self.score.strategies:
             top = self._candidates(data.ids, compute_scores(name, inputs), extra)
+            top["least_sure_head"] = self._least_sure(top["row"])
             table = pa.table({
                 "strategy": pa.array([name] * len(top["id"]), pa.string()),
                 "id": pa.array(top["id"], id_type),
@@ -144,7 +144,11 @@ class BatchScorer:
             if "loss_pred" in self.needs:
                 inputs["loss_pred"] = (self.model.predict_loss(feats, pres).cpu().numpy()
                                        .astype(np.float64))
-            inputs.update(self._head_inputs(out.logits, data.present))
+            if "heads" in self.needs:
+                inputs.update(self._head_inputs(out.logits, data.present))
+        # least_sure_head is wanted for the query's rows only: kept for _least_sure
+        self._modality_outputs = ({h: out.logits[h] for h in self.modality_heads},
+                                  data.present)
         if "labels" in self.needs:
             missing = int(np.count_nonzero(data.labels == UNLABELLED))
             if missing:
@@ -189,13 +193,20 @@ class BatchScorer:
         return {"head_probs": probs.cpu().numpy().astype(np.float64),
                 "head_present": np.stack(present_cols, axis=1)}
 
-    def _least_sure(self, inputs: Mapping, n: int) -> np.ndarray:
-        """``(n,)`` the modality whose head is least sure, None with one modality."""
-        if "head_probs" not in inputs:
-            return np.full(n, None, dtype=object)
-        names = self.model.head_names
-        cols = [names.index(m) for m in self.modality_heads]
-        return least_sure_head(inputs["head_probs"][:, cols], inputs["head_present"][:, cols],
+    def _least_sure(self, rows: np.ndarray) -> np.ndarray:
+        """``(len(rows),)`` the modality whose head is least sure of each of this batch's
+        ``rows`` (None with one modality), from the forward pass ``score_inputs`` made."""
+        import torch
+
+        if not self.modality_heads:
+            return np.full(len(rows), None, dtype=object)
+        logits, present = self._modality_outputs
+        index = torch.as_tensor(np.asarray(rows, np.int64))
+        probs = torch.stack([torch.softmax(logits[h][index].float(), dim=1)
+                             for h in self.modality_heads], dim=1)
+        shown = np.stack([np.asarray(present[h], bool)[rows] for h in self.modality_heads],
+                         axis=1)
+        return least_sure_head(probs.cpu().numpy().astype(np.float64), shown,
                                self.modality_heads)
 
     def _append_carried(self, table: pa.Table, batch: pa.Table, rows: np.ndarray) -> pa.Table:
