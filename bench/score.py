@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 
 import numpy as np
 import torch
+
+import procs
 
 from alray.acquisition import compute_scores
 from alray.config import GeneratorConfig, ModelConfig, PoolConfig, ScoreConfig
@@ -79,81 +80,35 @@ def timed(fn):
 ACTOR_MARKERS = ("MapWorker", "BatchScorer")
 
 
-def _rss(pid: int) -> tuple[int, int] | None:
-    """(VmRSS, RssAnon) of a process in bytes, from /proc; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-    except OSError:
-        return None
-    kib = lambda name: int(fields.get(name, "0 kB").split()[0]) * 1024  # noqa: E731
-    return kib("VmRSS"), kib("RssAnon")
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 def _actor_pids() -> list[int]:
     """Scoring actors started by this process's Ray (descendants of this process): other
     Ray sessions on the same machine are not counted."""
-    me, pids = os.getpid(), []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if any(m in cmd for m in ACTOR_MARKERS):
-            pid, seen = int(name), 0
-            while pid > 1 and pid != me and seen < 64:
-                pid, seen = _ppid(pid), seen + 1
-            if pid == me:
-                pids.append(int(name))
-    return pids
+    me = os.getpid()
+    return [pid for pid in procs.pids()
+            if any(m in procs.title(pid) for m in ACTOR_MARKERS)
+            and procs.descends_from(pid, me)]
 
 
-class MemorySampler:
+class MemorySampler(procs.Sampler):
     """Peak RSS of the driver and of each scoring actor, sampled every ``interval`` s."""
 
     def __init__(self, interval: float = 0.2, actors: bool = True):
-        self.interval = interval
+        super().__init__(self._sample, interval)
         self.watch_actors = actors
         self.ignore = set(_actor_pids())  # a previous run's actors, still being torn down
         self.driver = (0, 0)
         self.actors: dict[int, tuple[int, int]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
     def _sample(self) -> None:
-        me = _rss(os.getpid())
+        me = procs.rss(os.getpid())
         if me:
             self.driver = tuple(map(max, self.driver, me))
         for pid in (_actor_pids() if self.watch_actors else ()):
             if pid in self.ignore:
                 continue
-            rss = _rss(pid)
+            rss = procs.rss(pid)
             if rss:
                 self.actors[pid] = tuple(map(max, self.actors.get(pid, (0, 0)), rss))
-
-    def _run(self) -> None:
-        self._sample()
-        while not self._stop.wait(self.interval):
-            self._sample()
 
     def summary(self) -> str:
         gib = lambda b: f"{b / 2**30:.2f}"  # noqa: E731

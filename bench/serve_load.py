@@ -3,9 +3,12 @@
     .venv/bin/python bench/serve_load.py --seconds 10 --clients 1,16,64 --formats arrow,json
 
 A study-sized random-weight model (``ModelConfig()``: 1024-d image, 300-d text, 50
-classes), posts of study dims, ``--posts`` posts per request. For each body format and
-client count: ``--seconds`` of closed-loop load (each client sends its next request
-when the answer arrives), then posts/s, p50/p99 latency and non-200 answers. The batch
+classes), posts of study dims, ``--posts`` posts per request (a comma list: one table
+row per size). For each request size, body format and client count: ``--seconds`` of
+closed-loop load (each client sends its next request when the answer arrives), then
+posts/s, p50/p99 latency, non-200 answers, and the CPU time each process spent per
+request (from /proc: the HTTP proxy, the replica, everything else of this Ray, and
+this process, which runs the clients). The batch
 path (``score_pool`` local path, same checkpoint, same strategy) scores a pool of
 ``--pool-rows`` random posts first; its rows/s is the reference. Bounded: stops by itself.
 """
@@ -20,6 +23,8 @@ import time
 
 import numpy as np
 import pyarrow as pa
+
+import procs
 
 
 def study_checkpoint(path: str) -> str:
@@ -112,12 +117,27 @@ async def load(url: str, payloads: list[bytes], ctype: str, clients: int,
     return latencies, sent, errors
 
 
+CPU_ROLES = {"ray::ProxyActor": "proxy", "ray::ServeReplica": "replica"}
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds so far of this process ("clients"), the proxy, the replicas and the
+    rest of the Ray this process started ("other")."""
+    me, out = os.getpid(), {"clients": 0.0, "proxy": 0.0, "replica": 0.0, "other": 0.0}
+    for pid in procs.descendants(me):
+        name = "clients" if pid == me else next(
+            (short for prefix, short in CPU_ROLES.items()
+             if procs.role(pid).startswith(prefix)), "other")
+        out[name] += procs.cpu_seconds(pid)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0, help="load per level")
     ap.add_argument("--clients", default="1,16,64")
     ap.add_argument("--formats", default="arrow,json")
-    ap.add_argument("--posts", type=int, default=64, help="posts per request")
+    ap.add_argument("--posts", default="64", help="posts per request (comma list)")
     ap.add_argument("--pool-rows", type=int, default=65536)
     ap.add_argument("--strategy", default="margin")
     ap.add_argument("--replica-cpus", type=float, default=2.0)
@@ -143,25 +163,33 @@ def main() -> None:
         max_body_mb=256))
     rows = []
     try:
-        for kind in args.formats.split(","):
-            payloads, ctype = bodies(kind, args.posts, 64)
-            asyncio.run(load(service.url, payloads, ctype, 1, 2.0))  # warm-up
-            for clients in (int(c) for c in args.clients.split(",")):
-                lat, sent, errors = asyncio.run(load(service.url, payloads, ctype, clients,
-                                                     args.seconds))
-                rate = len(lat) * args.posts / args.seconds
-                p50, p99 = (np.percentile(lat, [50, 99]) * 1000) if lat else (np.nan,) * 2
-                rows.append((kind, clients, sent, errors, rate, p50, p99))
-                print(f"{kind:>5} {clients:>3} clients: {sent:>6} requests, {errors} errors, "
-                      f"{rate:>8,.0f} posts/s ({rate / batch:.2f}x batch), "
-                      f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+        for posts in (int(p) for p in args.posts.split(",")):
+            for kind in args.formats.split(","):
+                payloads, ctype = bodies(kind, posts, 64)
+                asyncio.run(load(service.url, payloads, ctype, 1, 2.0))  # warm-up
+                for clients in (int(c) for c in args.clients.split(",")):
+                    before = cpu_by_role()
+                    lat, sent, errors = asyncio.run(load(service.url, payloads, ctype,
+                                                         clients, args.seconds))
+                    after = cpu_by_role()
+                    cpu = {k: 1000 * (after[k] - before[k]) / max(sent, 1) for k in after}
+                    rate = len(lat) * posts / args.seconds
+                    p50, p99 = (np.percentile(lat, [50, 99]) * 1000) if lat else (np.nan,) * 2
+                    rows.append((posts, kind, clients, sent, errors, rate, p50, p99, cpu))
+                    print(f"{posts:>5} posts {kind:>5} {clients:>3} clients: {sent:>6} "
+                          f"requests, {errors} errors, {rate:>8,.0f} posts/s "
+                          f"({rate / batch:.2f}x batch), p50 {p50:.1f} ms, p99 {p99:.1f} ms,"
+                          f" CPU ms/request " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()),
+                          flush=True)
     finally:
         service.stop()
-    print("\n| body | clients | requests | errors | posts/s | vs batch | p50 ms | p99 ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for kind, clients, sent, errors, rate, p50, p99 in rows:
-        print(f"| {kind} | {clients} | {sent:,} | {errors} | {rate:,.0f} | "
-              f"{rate / batch:.2f}x | {p50:.1f} | {p99:.1f} |")
+    print("\n| posts/request | body | clients | requests | errors | posts/s | vs batch | "
+          "p50 ms | p99 ms | CPU ms/request: proxy / replica / other Ray / clients |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for posts, kind, clients, sent, errors, rate, p50, p99, cpu in rows:
+        print(f"| {posts} | {kind} | {clients} | {sent:,} | {errors} | {rate:,.0f} | "
+              f"{rate / batch:.2f}x | {p50:.1f} | {p99:.1f} | {cpu['proxy']:.1f} / "
+              f"{cpu['replica']:.1f} / {cpu['other']:.1f} / {cpu['clients']:.1f} |")
     print(f"\nbatch path: {batch:,.0f} rows/s ({args.pool_rows:,} rows, {args.strategy})")
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
+import procs
 from alray.experiments import build_sweep, read_experiment
 from alray.config import ComputeConfig
 from alray.loop.run import run_loop
@@ -25,47 +25,16 @@ from alray.sweep import grid_points, run_sweep, trial_overrides
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "uncertainty.yaml"
 
 
-def tree_rss(root: int) -> int:
-    """Summed RSS in bytes of ``root`` and its descendants (Linux /proc)."""
-    parents, rss = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/statm") as f:
-                rss[int(entry)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            continue
-    members, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        children = [c for c, p in parents.items() if p == pid and c not in members]
-        members.update(children)
-        frontier += children
-    return sum(rss.get(pid, 0) for pid in members)
-
-
-class PeakMemory:
-    """Samples the summed RSS of this process tree every 0.2 s."""
+class PeakMemory(procs.Sampler):
+    """The peak of the summed RSS of this process and its descendants, every 0.2 s."""
 
     def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(self._sample, 0.2)
+        self.peak = 0
 
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(os.getpid()))
-            time.sleep(0.2)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def _sample(self) -> None:
+        tree = procs.descendants(os.getpid())
+        self.peak = max(self.peak, sum((procs.rss(pid) or (0, 0))[0] for pid in tree))
 
 
 def sweep_for(out: Path, strategies, seeds):
