@@ -49,7 +49,8 @@ def commands(config: dict, *keys: str) -> list[str]:
     return [c for key in keys for c in config.get(key) or []]
 
 
-WHEEL = re.compile(r"(?:^|/)([A-Za-z0-9_]+)-([0-9][^-/\s]*)-py3-none-any\.whl$")
+WHEEL = re.compile(r"(?:^|/)([A-Za-z0-9_]+)-([0-9][^-/\s]*)-py3-none-any\.whl"
+                   r"(\[[a-z,]+\])?\"?$")
 
 
 def pins(command_lines: list[str]) -> dict[str, Requirement]:
@@ -68,6 +69,12 @@ def pins(command_lines: list[str]) -> dict[str, Requirement]:
             if match:
                 found[match[1]] = Requirement(f"{match[1]}=={match[2]}")
     return found
+
+
+def wheel_path(word: str) -> str:
+    """A wheel argument as the path file_mounts names: no quotes, extras or $HOME."""
+    path = WHEEL.search(word)
+    return word[:path.end(2)].strip('"').replace("$HOME/", "~/") + "-py3-none-any.whl"
 
 
 def exact_version(req: Requirement) -> Version:
@@ -149,8 +156,11 @@ def test_alray_pin_follows_pyproject_and_its_wheel_reaches_every_node():
     found = pins(commands(config, "worker_setup_commands"))
     assert found["alray"] == project_requirements()["alray"], (
         "cluster.yaml pins another alray version than pyproject.toml")
-    installed = {w for c in commands(config, "setup_commands") for w in c.split()
-                 if WHEEL.search(w) and WHEEL.search(w)[1] == "alray"}
+    words = [w for c in commands(config, "setup_commands") for w in c.split()
+             if WHEEL.search(w) and WHEEL.search(w)[1] == "alray"]
+    # `alray serve` needs the serve extra's packages on every node
+    assert any(WHEEL.search(w)[3] and "serve" in WHEEL.search(w)[3] for w in words), words
+    installed = {wheel_path(w) for w in words}
     assert len(installed) == 1, installed
     (remote,) = installed
     # file_mounts copy the wheel built in the git-ignored build/ folder to that path

@@ -85,3 +85,26 @@ def test_reservoir_quantile_follows_the_stream_and_is_seeded():
     shifted.add(np.zeros(1000))
     shifted.add(np.ones(50_000))  # the distribution moved: the sample follows it
     assert shifted.quantile(0.5) == 1.0
+
+
+@pytest.mark.parametrize("vector,problem", [
+    (b"[1, true, 2]", "non-number"), (b'[1, "2", 3]', "non-number"),
+    (b"[[1], [2], [3]]", "non-number"), (b"[1, null, 3]", "non-number"),
+    (b"[1, NaN, 3]", "NaN"), (b"[1, 2, 1e300]", "NaN or infinite"),
+    (b"[1, 2, 1" + b"0" * 40 + b"]", "NaN or infinite")])
+def test_each_kind_of_bad_json_vector_is_named(vector, problem):
+    # the fast numeric path must refuse exactly what the value-by-value check refuses
+    with pytest.raises(BadRequest) as caught:
+        parse(b'{"posts": [{"id": 5, "text_emb": [1, 2]}, {"id": 6, "image_emb": '
+              + vector + b"}]}")
+    (found,) = caught.value.problems
+    assert (found["index"], found["id"], found["field"]) == (1, 6, "image_emb")
+    assert problem in found["problem"], found
+
+
+def test_json_numbers_keep_their_values_on_the_fast_path():
+    table = parse(b'{"posts": [{"id": 1, "image_emb": [1, -2.5, 3e-3], '
+                  b'"text_emb": [0, 7]}]}')
+    assert table.column("image_emb").to_pylist() == [
+        pytest.approx([1.0, -2.5, 0.003])]
+    assert table.column("text_emb").to_pylist() == [[0.0, 7.0]]
