@@ -61,11 +61,15 @@ def rss(pid: int) -> tuple[int, int] | None:
     return kib("VmRSS"), kib("RssAnon")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (0 if it is gone)."""
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU time of a process so far (0 if it is gone); with ``reaped``,
+    plus that of its children that have exited and been waited for (Ray's short-lived
+    workers end up there, in the raylet's count)."""
     try:
         fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        own = int(fields[11]) + int(fields[12])
+        children = int(fields[13]) + int(fields[14]) if reaped else 0
+        return (own + children) / TICKS
     except (OSError, IndexError, ValueError):
         return 0.0
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,8 @@ from alray.scoring.topk import sorted_ids
 # an exclude list bigger than this travels through the object store, not the closure
 PUT_THRESHOLD = 10_000
 POLL_S = 0.5  # how often the Ray path's progress is read from the actors
+FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+FILES_PER_FOOTER_ACTOR = 256
 
 Progress = Callable[[int, int], None]
 
@@ -192,7 +195,6 @@ def _score_local(plan: dict, progress: Progress | None) -> QueryMerger:
 def _score_ray(plan: dict, address: str | None, progress: Progress | None
                ) -> QueryMerger:
     import ray
-    import ray.data
 
     score: ScoreConfig = plan["score"]
     ensure_ray(address)
@@ -214,19 +216,8 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
     fs = plan["shards"][0].fs
     merger = QueryMerger(score, plan["carry"])
     try:
-        ds = ray.data.read_parquet(paths, filesystem=fs)
-        ds = ds.select_columns(plan["columns"])
-        ds = ds.map_batches(
-            BatchScorer, fn_constructor_kwargs=kwargs, batch_size=score.batch_size,
-            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=score.actors),
-            num_cpus=score.num_cpus_per_actor, num_gpus=score.num_gpus_per_actor)
-        if plan["keep_all"]:
-            out = plan["scores_dir"]
-            ds.write_parquet(out.path, filesystem=out.fs)
-            return merger
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            merger.absorb(batch if isinstance(batch, pa.Table)
-                    else pa.Table.from_batches([batch]))
+        with footer_readers(len(paths)):
+            _execute(plan, paths, fs, kwargs, merger)
     except Exception as exc:  # Ray wraps errors from read tasks and actors
         raise _unwrap(exc, plan["shards"]) from None
     finally:
@@ -236,6 +227,45 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
     if progress:
         progress(plan["total"], plan["total"])
     return merger
+
+
+@contextmanager
+def footer_readers(n_files: int) -> Iterator[None]:
+    """Ray 2.60's Parquet reader lists a dataset's files through a pool of FooterReader
+    actors, 32 by default: 32 worker processes started for every read, about 3 s of a
+    1M-row scoring run on 2 cores (docs/benchmarks.md), for footers that one actor and
+    its I/O threads read in milliseconds. One actor per 256 files here, at most 32; a
+    value the user set in the environment wins."""
+    if FOOTER_ACTORS_ENV in os.environ:
+        yield
+        return
+    actors = min(32, max(1, -(-n_files // FILES_PER_FOOTER_ACTOR)))
+    os.environ[FOOTER_ACTORS_ENV] = str(actors)
+    try:
+        yield
+    finally:
+        os.environ.pop(FOOTER_ACTORS_ENV, None)
+
+
+def _execute(plan: dict, paths: list[str], fs, kwargs: dict, merger: QueryMerger) -> None:
+    """Read, score in the actor pool, and merge the actors' candidates (or write every
+    score with ``--scores-out``)."""
+    import ray.data
+
+    score: ScoreConfig = plan["score"]
+    ds = ray.data.read_parquet(paths, filesystem=fs)
+    ds = ds.select_columns(plan["columns"])
+    ds = ds.map_batches(
+        BatchScorer, fn_constructor_kwargs=kwargs, batch_size=score.batch_size,
+        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=score.actors),
+        num_cpus=score.num_cpus_per_actor, num_gpus=score.num_gpus_per_actor)
+    if plan["keep_all"]:
+        out = plan["scores_dir"]
+        ds.write_parquet(out.path, filesystem=out.fs)
+        return
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        merger.absorb(batch if isinstance(batch, pa.Table)
+                else pa.Table.from_batches([batch]))
 
 
 class _Poller:

@@ -1,6 +1,8 @@
 """BatchScorer and the in-process scoring path (no Ray)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -169,3 +171,22 @@ def test_write_query(tmp_path, pool3, checkpoint):
     assert written.num_rows == 8
     assert set(written.column("step").to_pylist()) == {3}
     assert written.schema.field("id").type == pa.int64()
+
+
+@pytest.mark.parametrize("files,actors", [(1, 1), (256, 1), (257, 2), (1000, 4), (10**6, 32)])
+def test_footer_reader_actors_follow_the_file_count(monkeypatch, files, actors):
+    from alray.scoring.pipeline import FOOTER_ACTORS_ENV, footer_readers
+
+    monkeypatch.delenv(FOOTER_ACTORS_ENV, raising=False)
+    with footer_readers(files):
+        assert os.environ[FOOTER_ACTORS_ENV] == str(actors)
+    assert FOOTER_ACTORS_ENV not in os.environ  # restored for everything else
+
+
+def test_footer_reader_actors_set_by_the_user_win(monkeypatch):
+    from alray.scoring.pipeline import FOOTER_ACTORS_ENV, footer_readers
+
+    monkeypatch.setenv(FOOTER_ACTORS_ENV, "7")
+    with footer_readers(10_000):
+        assert os.environ[FOOTER_ACTORS_ENV] == "7"
+    assert os.environ[FOOTER_ACTORS_ENV] == "7"
