@@ -81,6 +81,10 @@ class BatchScorer:
                               f"{', '.join(self.model.head_names)}")
         self.mc = (MCDropout(self.model, self.score.mc_samples, self.score.seed)
                    if "mc" in self.needs else None)
+        # the query needs a forward pass on its rows only (not with --scores-out, which
+        # keeps every row, nor with class balancing, which needs every row's class)
+        self.model_free = (self.needs <= {"ids"} and not self.keep_all
+                           and not self.score.class_cap)
 
     def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
         if isinstance(batch, pa.RecordBatch):
@@ -100,15 +104,9 @@ class BatchScorer:
         if len(data) == 0:
             empty = output_schema(id_type).empty_table()
             return self._append_carried(empty, batch, np.zeros(0, np.int64)) if self.carry else empty
-        probs, inputs = self.score_inputs(data)
-        predicted = probs.argmax(axis=1)
-        extra = {"predicted_class": predicted.astype(np.int64),
-                 "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64),
-                 "row": np.arange(len(data))}
+        tops = self._model_free_tops(data) if self.model_free else self._tops(data)
         parts = []
-        for name in self.score.strategies:
-            top = self._candidates(data.ids, compute_scores(name, inputs), extra)
-            top["least_sure_head"] = self._least_sure(top["row"])
+        for name, top in tops:
             table = pa.table({
                 "strategy": pa.array([name] * len(top["id"]), pa.string()),
                 "id": pa.array(top["id"], id_type),
@@ -121,6 +119,39 @@ class BatchScorer:
                 table = self._append_carried(table, batch, top["row"])
             parts.append(table)
         return pa.concat_tables(parts)
+
+    def _tops(self, data) -> list[tuple[str, dict]]:
+        """(strategy, the batch's candidates) after one pass over every row."""
+        probs, inputs = self.score_inputs(data)
+        predicted = probs.argmax(axis=1)
+        extra = {"predicted_class": predicted.astype(np.int64),
+                 "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64),
+                 "row": np.arange(len(data))}
+        tops = []
+        for name in self.score.strategies:
+            top = self._candidates(data.ids, compute_scores(name, inputs), extra)
+            top["least_sure_head"] = self._least_sure(top["row"])
+            tops.append((name, top))
+        return tops
+
+    def _model_free_tops(self, data) -> list[tuple[str, dict]]:
+        """Like ``_tops`` for strategies scored from the ids alone (random): rank every
+        row first, then run the model on the kept rows only, for their predicted class
+        and least-sure head. A row's outputs do not depend on the other rows (eval mode),
+        so the candidates equal ``_tops``'s, at the cost of ~k forward rows a batch."""
+        inputs = {"ids": data.ids, "seed": self.score.seed}
+        rows = {"row": np.arange(len(data))}
+        tops = [(name, self._candidates(data.ids, compute_scores(name, inputs), rows))
+                for name in self.score.strategies]
+        kept = np.unique(np.concatenate([top["row"] for _, top in tops]))
+        probs, _ = self.score_inputs(data.take(kept))
+        predicted = probs.argmax(axis=1)
+        for _, top in tops:
+            at = np.searchsorted(kept, top["row"])
+            top["predicted_class"] = predicted[at].astype(np.int64)
+            top["predicted_prob"] = probs[at, predicted[at]].astype(np.float64)
+            top["least_sure_head"] = self._least_sure(at)
+        return tops
 
     def score_inputs(self, data) -> tuple[np.ndarray, dict]:
         """One forward pass (plus MC dropout when needed) over ``data`` (PostArrays):

@@ -112,6 +112,22 @@ def test_batch_size_does_not_change_query(pool3, checkpoint):
     assert results[0] == results[1]
 
 
+@pytest.mark.parametrize("options", [{}, {"candidates": 90}, {"sampling": "softmax"}],
+                         ids=["top", "candidates", "softmax"])
+def test_random_alone_runs_the_model_on_its_query_only_and_gives_the_same_query(
+        pool3, checkpoint, options):
+    # random alone takes the model-free path; beside margin, the one-pass path
+    alone = ScoreConfig(strategies=("random",), query_size=10, batch_size=16, **options)
+    both = alone.replace(strategies=("random", "margin"))
+    with_margin = score_pool(pool3, checkpoint, both, use_ray=False)["random"]
+    assert with_margin.num_rows == 10
+    assert score_pool(pool3, checkpoint, alone, use_ray=False)["random"].equals(with_margin)
+    scorer = BatchScorer(checkpoint, alone.to_dict(), PoolConfig().to_dict(), DIMS)
+    assert scorer.model_free
+    assert not BatchScorer(checkpoint, both.to_dict(), PoolConfig().to_dict(),
+                           DIMS).model_free
+
+
 def test_query_size_too_large(pool3, checkpoint):
     score = ScoreConfig(strategies=("margin",), query_size=178)
     with pytest.raises(PoolExhaustedError) as info:
