@@ -86,7 +86,7 @@ def scoring(out: str, pool: str, checkpoint: str) -> None:
             kill_node(cluster, victim)
 
     config = ScoreConfig(strategies=("margin", "bald"), query_size=25, mc_samples=8,
-                         batch_size=100, actors=2, num_cpus_per_actor=0.5)
+                         batch_size=50, actors=2, num_cpus_per_actor=0.5)
     try:
         queries = score_pool(pool, checkpoint, config, address=cluster.address,
                              progress=progress)

@@ -48,7 +48,9 @@ def run_scenario(tmp_path, name: str, *args: str) -> dict:
 
 
 def test_scoring_survives_a_worker_node_killed_mid_way(tmp_path):
-    pool = write_pool(tmp_path / "pool", [make_pool_table(2000, seed=30 + i,
+    # big enough that scoring outlasts a few of the progress polls (every 0.5 s) on
+    # which the scenario kills a node: 16k rows could finish between two polls
+    pool = write_pool(tmp_path / "pool", [make_pool_table(5000, seed=30 + i,
                                                           first_id=10_000 * i)
                                           for i in range(8)])
     ckpt = build_checkpoint(tmp_path / "model")
@@ -56,7 +58,7 @@ def test_scoring_survives_a_worker_node_killed_mid_way(tmp_path):
     assert seen["killed"] and 0 < seen["at_rows"] < seen["total"], seen
     expected = score_pool(pool, ckpt, ScoreConfig(strategies=("margin", "bald"),
                                                   query_size=25, mc_samples=8,
-                                                  batch_size=100), use_ray=False)
+                                                  batch_size=50), use_ray=False)
     for strategy, table in expected.items():
         assert seen["queries"][strategy] == table.column("id").to_pylist()
         assert seen["scores"][strategy] == table.column("score").to_pylist()
