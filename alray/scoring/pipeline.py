@@ -203,7 +203,8 @@ def _score_ray(plan: dict, address: str | None, progress: Progress | None
         exclude = ray.put(exclude)
     threads = max(1, int(score.num_cpus_per_actor)) if score.num_gpus_per_actor == 0 else 1
     kwargs = {"checkpoint": ray.put(plan["model"]), "score": score.to_dict(),
-              "pool": plan["pool"].to_dict(), "dims": plan["dims"], "exclude": exclude, "num_threads": threads,
+              "pool": plan["pool"].to_dict(), "dims": plan["dims"], "exclude": exclude,
+              "num_threads": threads,
               "device": "cuda" if score.num_gpus_per_actor > 0 else "cpu",
               "keep_all": plan["keep_all"], "carry": plan["carry"],
               "candidate_max": plan["candidate_max"]}
@@ -265,7 +266,7 @@ def _execute(plan: dict, paths: list[str], fs, kwargs: dict, merger: QueryMerger
         return
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         merger.absorb(batch if isinstance(batch, pa.Table)
-                else pa.Table.from_batches([batch]))
+                      else pa.Table.from_batches([batch]))
 
 
 class _Poller:

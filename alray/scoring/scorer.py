@@ -34,6 +34,13 @@ def output_schema(id_type: pa.DataType = pa.int64()) -> pa.Schema:
                       ("least_sure_head", pa.string())])
 
 
+def _predictions(probs: np.ndarray) -> dict[str, np.ndarray]:
+    """Each row's predicted class and its probability, from ``(n, c)`` probabilities."""
+    predicted = probs.argmax(axis=1)
+    return {"predicted_class": predicted.astype(np.int64),
+            "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64)}
+
+
 class BatchScorer:
     """Callable class for ``Dataset.map_batches`` (or direct in-process calls).
 
@@ -123,10 +130,7 @@ class BatchScorer:
     def _tops(self, data) -> list[tuple[str, dict]]:
         """(strategy, the batch's candidates) after one pass over every row."""
         probs, inputs = self.score_inputs(data)
-        predicted = probs.argmax(axis=1)
-        extra = {"predicted_class": predicted.astype(np.int64),
-                 "predicted_prob": probs[np.arange(len(probs)), predicted].astype(np.float64),
-                 "row": np.arange(len(data))}
+        extra = {**_predictions(probs), "row": np.arange(len(data))}
         tops = []
         for name in self.score.strategies:
             top = self._candidates(data.ids, compute_scores(name, inputs), extra)
@@ -144,12 +148,10 @@ class BatchScorer:
         tops = [(name, self._candidates(data.ids, compute_scores(name, inputs), rows))
                 for name in self.score.strategies]
         kept = np.unique(np.concatenate([top["row"] for _, top in tops]))
-        probs, _ = self.score_inputs(data.take(kept))
-        predicted = probs.argmax(axis=1)
+        predicted = _predictions(self.score_inputs(data.take(kept))[0])
         for _, top in tops:
             at = np.searchsorted(kept, top["row"])
-            top["predicted_class"] = predicted[at].astype(np.int64)
-            top["predicted_prob"] = probs[at, predicted[at]].astype(np.float64)
+            top.update({name: values[at] for name, values in predicted.items()})
             top["least_sure_head"] = self._least_sure(at)
         return tops
 

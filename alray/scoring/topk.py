@@ -67,14 +67,21 @@ def _take(cols: Columns, index: np.ndarray) -> Columns:
     return {name: values[index] for name, values in cols.items()}
 
 
+def _top_index(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Indexes of the k best rows by (-score, id), unordered; O(n) unless ties."""
+    if len(scores) <= k:
+        return np.arange(len(scores))
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+    index = np.flatnonzero(scores >= kth)
+    if len(index) > k:  # ties at the threshold: the smaller ids win
+        index = index[np.lexsort((ids[index], -scores[index]))[:k]]
+    return index
+
+
 def _best_first(cols: Columns, k: int) -> Columns:
     """The best min(k, n) rows of ``cols`` in rank order (exact with ties)."""
-    scores, n = cols["score"], len(cols["score"])
-    if n > k:
-        kth = np.partition(scores, n - k)[n - k]  # the k-th largest score
-        cols = _take(cols, np.flatnonzero(scores >= kth))  # >= k rows: ties kept
-    order = np.lexsort((cols["id"], -cols["score"]))[:k]
-    return _take(cols, order)
+    cols = _take(cols, _top_index(cols["score"], cols["id"], k))
+    return _take(cols, np.lexsort((cols["id"], -cols["score"])))
 
 
 def select_top(ids, scores, k: int, extra: Mapping[str, np.ndarray] | None = None
@@ -240,17 +247,6 @@ def _class_ranks(cols: Columns) -> np.ndarray:
     ranks = np.empty(len(order), np.int64)
     ranks[order] = np.arange(len(order)) - group_start + 1
     return ranks
-
-
-def _top_index(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Indexes of the k best rows by (-score, id), unordered; O(n) unless ties."""
-    if len(scores) <= k:
-        return np.arange(len(scores))
-    kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    index = np.flatnonzero(scores >= kth)
-    if len(index) > k:  # ties at the threshold: the smaller ids win
-        index = index[np.lexsort((ids[index], -scores[index]))[:k]]
-    return index
 
 
 def _balanced_candidates(cols: Columns, k: int, cap: int) -> Columns:

@@ -60,7 +60,6 @@ class ScoringService:
 
     # --- HTTP -------------------------------------------------------------------------
     async def __call__(self, request):
-
         try:
             self._authorize(request)
             route = (request.method, request.url.path.rstrip("/") or "/")
@@ -112,11 +111,9 @@ class ScoringService:
         return json_response(answer_json(table, answer, self.config))
 
     async def _health(self, request):
-
         return json_response({"status": "ok", "model_version": self.version})
 
     async def _info(self, request):
-
         shared = await self.coordinator.info.remote()
         cfg = self.config
         return json_response({
@@ -130,7 +127,6 @@ class ScoringService:
     async def _reload(self, request):
         """Load the asked (or the run's latest) checkpoint here first: a checkpoint that
         does not load is refused before any replica switches to it."""
-
         body = await self._read_body(request)
         try:
             asked = json.loads(body).get("checkpoint") if body.strip() else None
@@ -151,8 +147,8 @@ class ScoringService:
         self._swap(model, current["version"])
         updated, live = await self._wait_for_replicas(current["version"])
         return json_response({"checkpoint": model.checkpoint,
-                             "model_version": current["version"],
-                             "replicas_switched": updated, "replicas": live})
+                              "model_version": current["version"],
+                              "replicas_switched": updated, "replicas": live})
 
     async def _wait_for_replicas(self, version: int) -> tuple[int, int]:
         await self.coordinator.current.remote(self.replica_id, self.version)
