@@ -34,7 +34,7 @@ _EXPORTS = {
     "RunDir": "alray.loop", "new_run": "alray.loop", "reopen_run": "alray.loop",
     "run_loop": "alray.loop", "import_labels": "alray.loop",
     # experiments
-    "run_sweep": "alray.sweep", "run_correlation": "alray.correlation",
+    "run_sweep": "alray.experiments.sweep", "run_correlation": "alray.experiments.correlation",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import procs
-from alray.experiments import build_sweep, read_experiment
+from alray.experiments.files import build_sweep, read_experiment
 from alray.config import ComputeConfig
 from alray.loop.run import run_loop
 from alray.loop.setup import apply_overrides, new_run
-from alray.sweep import grid_points, run_sweep, trial_overrides
+from alray.experiments.sweep import grid_points, run_sweep, trial_overrides
 
 CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "uncertainty.yaml"
 

@@ -99,7 +99,7 @@ def scoring(out: str, pool: str, checkpoint: str) -> None:
 
 def training(out: str, *loop_args: str) -> None:
     """Remove the node of the training worker when step 2's fine-tuning is requested."""
-    from alray.cli_loop import invoke_loop
+    from alray.cli.loop import invoke_loop
     from alray.train import service
 
     cluster, workers = start_cluster()

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from alray.experiments import read_experiment
-from alray.correlation import (across_seeds, cut_groups, group_means, group_seed,
+from alray.experiments.files import read_experiment
+from alray.experiments.correlation import (across_seeds, cut_groups, group_means, group_seed,
                                sample_candidates, seed_statistics, spearman_stats)
 from alray.errors import ConfigError, EmptyPoolError
 
@@ -63,7 +63,7 @@ def test_spearman_golden_numbers():
 def test_bootstrap_resamples_agree_with_scipy():
     from scipy.stats import spearmanr
 
-    from alray.correlation import _rowwise_spearman
+    from alray.experiments.correlation import _rowwise_spearman
 
     rng = np.random.default_rng(1)
     y, x = rng.random(30), rng.random(30).round(1)  # ties in x
@@ -93,8 +93,8 @@ def test_seed_and_across_seed_statistics_golden():
 
 # --- the shipped file and the command's options ---------------------------------------
 def test_shipped_config_parses_at_full_and_smoke_size(tmp_path):
-    from alray.cli_correlation import build_correlation
-    from alray.correlation import check_sizes
+    from alray.cli.correlation import build_correlation
+    from alray.experiments.correlation import check_sizes
 
     data = read_experiment(CONFIG)
     assert data["kind"] == "correlation" and data["description"]
@@ -111,8 +111,8 @@ def test_shipped_config_parses_at_full_and_smoke_size(tmp_path):
 
 
 def test_wrong_kind_and_bad_sizes_are_refused(tmp_path):
-    from alray.cli_correlation import build_correlation
-    from alray.correlation import check_sizes
+    from alray.cli.correlation import build_correlation
+    from alray.experiments.correlation import check_sizes
 
     with pytest.raises(ConfigError, match="kind 'sweep'"):
         build_correlation({"kind": "sweep"}, {"out": str(tmp_path)})
@@ -134,8 +134,8 @@ def test_wrong_kind_and_bad_sizes_are_refused(tmp_path):
 
 # --- end to end on Ray ----------------------------------------------------------------
 def test_smoke_correlation_end_to_end(tmp_path, ray_session):
-    from alray.cli_correlation import build_correlation
-    from alray.correlation import run_correlation
+    from alray.cli.correlation import build_correlation
+    from alray.experiments.correlation import run_correlation
     from alray.pool.load import sample_labelled_ids
 
     kwargs = build_correlation(read_experiment(CONFIG), {"out": str(tmp_path), "smoke": True})

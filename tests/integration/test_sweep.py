@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from alray.experiments import build_sweep, read_experiment
-from alray.sweep import grid_points, run_sweep, trial_name
+from alray.experiments.files import build_sweep, read_experiment
+from alray.experiments.sweep import grid_points, run_sweep, trial_name
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "jobs",
                                             "configs", "*.yaml")))
@@ -31,7 +31,7 @@ def test_configs_are_shipped():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: Path(c).stem)
 def test_shipped_config_parses(config, tmp_path):
     from alray.acquisition import check_names
-    from alray.experiments import parse_seeds
+    from alray.experiments.files import parse_seeds
     from alray.config import LoopConfig, SweepConfig
     from alray.loop.setup import apply_overrides
 
@@ -51,7 +51,7 @@ def test_shipped_config_parses(config, tmp_path):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: Path(c).stem)
 def test_smoke_sweep_and_report(config, tmp_path, ray_session):
-    from alray.report import write_report
+    from alray.experiments.report import write_report
 
     out = tmp_path / "sweep"
     sweep = build_sweep(read_experiment(config), {"out": str(out), "smoke": True})

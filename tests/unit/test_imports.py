@@ -24,7 +24,7 @@ def test_public_api_resolves():
 
 
 def test_cli_bad_input_exits_2_without_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "alray.cli", "validate", str(tmp_path / "nope")],
+    out = subprocess.run([sys.executable, "-m", "alray", "validate", str(tmp_path / "nope")],
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "no such file" in out.stderr

@@ -93,7 +93,7 @@ def test_crash_at_every_write_then_resume(pools, reference, tmp_path, monkeypatc
     from alray.loop import state as state_module
     from alray.loop.run import run_loop
     from alray.loop.setup import new_run, reopen_run, shape_model
-    from alray.cli_loop import new_config
+    from alray.cli.loop import new_config
     from alray.pool import io
 
     writes = {"n": 0, "crash_at": None}
@@ -151,7 +151,7 @@ def test_crash_at_every_write_then_resume(pools, reference, tmp_path, monkeypatc
 
 def _defaults(given: dict) -> dict:
     """The ``alray loop`` parameters with their defaults, as the CLI would pass them."""
-    from alray.cli_loop import loop
+    from alray.cli.loop import loop
     ctx = loop.make_context("loop", ["--run-dir", "unused"])
     params = dict(ctx.params)
     params.update(given)

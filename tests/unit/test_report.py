@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from alray.report import (
+from alray.experiments.report import (
     labels_to_reach, mean_interval, normalised_auc, seed_results, summarise,
     summary_markdown)
 

@@ -116,7 +116,7 @@ def across_seeds(per_seed: list[dict]) -> list[dict]:
     a one-sample t-test of rho = 0 over seeds (NaN with one seed)."""
     from scipy.stats import ttest_1samp
 
-    from alray.report import mean_interval
+    from alray.experiments.report import mean_interval
 
     rows = []
     for pair in PAIRS:
@@ -282,7 +282,7 @@ def run_correlation(pool_uri: str, val_uri: str, columns: PoolConfig, model: Mod
                           "model": model.to_dict(), "train": train.to_dict(),
                           "bootstrap": n_boot}
     if out is not None:
-        from alray.correlation_report import write_outputs  # matplotlib only when writing
+        from alray.experiments.correlation_report import write_outputs  # matplotlib only when writing
         write_outputs(result, out)
     return result
 

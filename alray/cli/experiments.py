@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import click
 
-from alray.cli import friendly_errors, main
-from alray.experiments import build_sweep, read_experiment
+from alray.cli.common import friendly_errors
+from alray.experiments.files import build_sweep, read_experiment
 
-@main.command()
+@click.command()
 @click.option("--config", "config_file", default=None, metavar="FILE.yaml",
               help="An experiment file (see jobs/configs/).")
 @click.option("--smoke", is_flag=True, help="Run the experiment's small smoke size.")
@@ -35,7 +35,7 @@ from alray.experiments import build_sweep, read_experiment
 @friendly_errors
 def sweep(config_file, smoke, resume, address, **opts):
     """Run a strategy x seed grid of simulated loops on Ray Tune."""
-    from alray.sweep import load_sweep, run_sweep
+    from alray.experiments.sweep import load_sweep, run_sweep
 
     opts["set"], opts["smoke"] = opts.pop("set_"), smoke
     if resume and not config_file and not any(v for k, v in opts.items()
@@ -54,13 +54,13 @@ def sweep(config_file, smoke, resume, address, **opts):
                f"next: alray report {cfg.out} --out REPORT")
 
 
-@main.command()
+@click.command()
 @click.argument("sweep_dir")
 @click.option("--out", required=True, help="Folder for the figures and summary.md.")
 @friendly_errors
 def report(sweep_dir, out):
     """Learning curves with t-intervals, label savings and a summary table of a sweep."""
-    from alray.report import write_report
+    from alray.experiments.report import write_report
 
     files = write_report(sweep_dir, out)
     for path in files:

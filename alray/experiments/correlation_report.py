@@ -1,12 +1,12 @@
 """The correlation experiment's outputs: the study's table beside ours, the scatter
-plot, and the files of a run (``alray.correlation.run_correlation`` computes them)."""
+plot, and the files of a run (``alray.experiments.correlation.run_correlation`` computes them)."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 
-from alray.correlation import PAIRS, STUDY
+from alray.experiments.correlation import PAIRS, STUDY
 
 def _fmt(value: float, spec: str = "+.4f") -> str:
     return "n/a" if value is None or not np.isfinite(value) else format(value, spec)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from alray.cli import (
-    Progress, friendly_errors, main, pool_config, pool_options, sampling_options)
+from alray.cli.common import (
+    Progress, friendly_errors, pool_config, pool_options, sampling_options)
 from alray.config import ComputeConfig, LoopConfig, ModelConfig, ScoreConfig, TrainConfig
 from alray.errors import ConfigError
 
@@ -138,7 +138,7 @@ def _compute(p: dict) -> ComputeConfig:
                          train_cpus_per_worker=p["train_cpus_per_worker"])
 
 
-@main.command()
+@click.command()
 @loop_options
 @friendly_errors
 @click.pass_context
@@ -196,7 +196,7 @@ def _run_with_bar(run, compute, steps, run_loop):
 
 
 def _report(run, outcome) -> None:
-    from alray.report import plot_run
+    from alray.experiments.report import plot_run
 
     metrics = outcome.metrics
     if metrics is not None and metrics.num_rows:
@@ -219,7 +219,7 @@ def _report(run, outcome) -> None:
         click.echo(f"run {run.path}: {outcome.step} steps done")
 
 
-@main.group()
+@click.group()
 def labels():
     """Assessors' labels for a run in --assessors mode."""
 

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from alray.cli import friendly_errors, main, pool_config, pool_options
+from alray.cli.common import friendly_errors, pool_config, pool_options
 from alray.errors import ConfigError
 
 TOKEN_ENV = "ALRAY_SERVE_TOKEN"
@@ -27,7 +27,7 @@ def read_token(token_file: str | None) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
-@main.command()
+@click.command()
 @click.option("--checkpoint", default=None,
               help="Checkpoint to serve [default: the --run-dir's latest].")
 @click.option("--run-dir", default=None,
@@ -92,7 +92,7 @@ def serve(**p):
                + (f" (in {summary['routed_dir']})" if summary["routed_dir"] else ""))
 
 
-@main.group()
+@click.group()
 def online():
     """The online service's routed posts."""
 

@@ -1,4 +1,4 @@
-"""``alray correlation``: the study's correlation experiment (``alray.correlation``).
+"""``alray correlation``: the study's correlation experiment (``alray.experiments.correlation``).
 
 The experiment comes from a YAML file (``jobs/configs/correlation.yaml``, ``kind:
 correlation``) and/or options; options win. Its sizes and any loop option live under
@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 import yaml
 
-from alray.cli import Progress, friendly_errors, main
-from alray.experiments import key_values, parse_seeds, read_experiment, smoke_experiment
+from alray.cli.common import Progress, friendly_errors
+from alray.experiments.files import key_values, parse_seeds, read_experiment, smoke_experiment
 from alray.config import LoopConfig, TrainConfig
 from alray.errors import ConfigError
 
@@ -24,7 +24,7 @@ def build_correlation(file_data: dict, opts: dict) -> dict:
     """``run_correlation``'s keyword arguments from an experiment file's values,
     overridden by options (``pool``, ``val``, ``seeds``, ``initial``, ``candidates``,
     ``group_size``, ``set``: ``KEY=VALUE`` strings, ``smoke``, ``out``)."""
-    from alray.correlation import check_sizes
+    from alray.experiments.correlation import check_sizes
     from alray.loop.setup import apply_overrides, shape_model
     from alray.pool.io import absolute_uri
 
@@ -51,7 +51,7 @@ def build_correlation(file_data: dict, opts: dict) -> dict:
             "model": loop.model, "train": loop.train, "seeds": seeds, "initial": loop.initial, **sizes, "out": str(Path(opts["out"]).resolve())}
 
 
-@main.command()
+@click.command()
 @click.option("--config", "config_file", default=None, metavar="FILE.yaml",
               help="An experiment file of kind correlation (jobs/configs/correlation.yaml).")
 @click.option("--smoke", is_flag=True, help="Run the experiment's small smoke size.")
@@ -71,7 +71,7 @@ def build_correlation(file_data: dict, opts: dict) -> dict:
 def correlation(config_file, smoke, address, cpus_per_task, **opts):
     """Group accuracy vs group mean loss / margin (the study's tables 1-2), done right:
     disjoint groups, several seeds, Spearman with intervals."""
-    from alray.correlation import run_correlation
+    from alray.experiments.correlation import run_correlation
 
     opts["set"], opts["smoke"] = opts.pop("set_"), smoke
     kwargs = build_correlation(read_experiment(config_file) if config_file else {}, opts)

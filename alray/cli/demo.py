@@ -10,14 +10,14 @@ import sys
 
 import click
 
-from alray.cli import (
-    EXIT_BAD_INPUT, _print_report, _run_generation, _run_scoring, _run_training,
-    _run_validation,
-    friendly_errors, main)
+from alray.cli.common import EXIT_BAD_INPUT, friendly_errors
+from alray.cli.pool import print_report, run_generation, run_validation
+from alray.cli.score import run_scoring
+from alray.cli.train import run_training
 from alray.config import GeneratorConfig, PoolConfig
 
 
-@main.command()
+@click.command()
 @click.option("--out", default="data/demo", show_default=True, help="Folder for the demo's files.")
 @click.option("--rows", type=int, default=250_000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -30,16 +30,16 @@ def demo(out, rows, seed, loop_steps):
     started = time.perf_counter()
     cfg = GeneratorConfig(rows=rows, seed=seed)
     click.echo(f"== 1. generate a study-like pool of {rows:,} posts")
-    result = _run_generation(out, cfg)
+    result = run_generation(out, cfg)
     click.echo("== 2. validate it")
-    report = _run_validation(result["pool"], PoolConfig(), cfg.classes, None)
-    _print_report(report)
+    report = run_validation(result["pool"], PoolConfig(), cfg.classes, None)
+    print_report(report)
     if not report.ok:
         sys.exit(EXIT_BAD_INPUT)
     initial = min(2000, rows)
     click.echo(f"== 3. train the passive model on {initial:,} random labels (the study's "
                "45 epochs)")
-    _run_training(result["pool"], result["val"], PoolConfig(), f"{out}/passive.ckpt",
+    run_training(result["pool"], result["val"], PoolConfig(), f"{out}/passive.ckpt",
                   cfg.classes, 45, "multi", seed, initial)
     click.echo("== 4. score the pool on an embedded Ray (Ray Data actors, streaming top-k): "
                "margin and BALD (K=20 MC dropout), 20 posts each")
@@ -48,12 +48,12 @@ def demo(out, rows, seed, loop_steps):
     labelled = sample_labelled_ids(result["pool"], PoolConfig(), initial, seed)
     score_cfg = ScoreConfig(strategies=("margin", "bald"), query_size=20, seed=seed,
                             num_cpus_per_actor=0.5)
-    _run_scoring(result["pool"], f"{out}/passive.ckpt", score_cfg, PoolConfig(), labelled,
+    run_scoring(result["pool"], f"{out}/passive.ckpt", score_cfg, PoolConfig(), labelled,
                  True, None, f"{out}/query.parquet", 0, show=5)
     click.echo(f"== 5. a short simulated active-learning loop (margin, {loop_steps} steps of 20 "
                "posts): Ray Data scoring, a long-lived Ray Train worker fine-tuning")
     import shutil
-    from alray.cli_loop import invoke_loop
+    from alray.cli.loop import invoke_loop
     shutil.rmtree(f"{out}/run-margin", ignore_errors=True)  # the pool was just regenerated
     invoke_loop(["--pool", result["pool"], "--val", result["val"], "--run-dir",
                  f"{out}/run-margin", "--initial", str(initial),
@@ -75,9 +75,9 @@ def _demo_sweep(out: str) -> None:
         return
     click.echo("== 6. a smoke sweep on Ray Tune (random, least confident, margin, entropy "
                "x 2 seeds, paired) and its report")
-    from alray.experiments import build_sweep, read_experiment
-    from alray.report import write_report
-    from alray.sweep import run_sweep
+    from alray.experiments.files import build_sweep, read_experiment
+    from alray.experiments.report import write_report
+    from alray.experiments.sweep import run_sweep
     sweep_dir, report_dir = f"{out}/sweep-smoke", f"{out}/report-smoke"
     shutil.rmtree(sweep_dir, ignore_errors=True)
     sweep = build_sweep(read_experiment(config), {"out": sweep_dir, "smoke": True})

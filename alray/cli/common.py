@@ -1,0 +1,111 @@
+"""What every command shares: error handling, pool column options, progress bars.
+
+Every ``AlrayError`` becomes one line per problem on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+from alray.config import PoolConfig
+from alray.errors import AlrayError, ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(problems: list[str]) -> None:
+    for line in problems:
+        click.echo(f"alray: error: {line}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def friendly_errors(fn):
+    """Turn AlrayError into clean lines and exit 2; a bug still says what it was."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AlrayError as exc:
+            _fail(exc.problems)
+        except KeyboardInterrupt:
+            click.echo("alray: interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def pool_options(fn):
+    """Column-name options shared by every command that reads a pool."""
+    fn = click.option("--id-column", default="id", show_default=True)(fn)
+    fn = click.option("--label-column", default="label", show_default=True)(fn)
+    fn = click.option("--embedding-column", "embedding_columns", multiple=True,
+                      metavar="MODALITY=COLUMN",
+                      help="Modality and its column; repeat per modality "
+                           "[default: image=image_emb, text=text_emb].")(fn)
+    return fn
+
+
+def pool_config(id_column: str, label_column: str, embedding_columns: tuple[str, ...]
+                ) -> PoolConfig:
+    columns = {}
+    for item in embedding_columns:
+        name, sep, column = item.partition("=")
+        if not sep or not name or not column:
+            raise ConfigError(f"--embedding-column {item!r}: expected MODALITY=COLUMN")
+        columns[name] = column
+    kwargs = {"id_column": id_column, "label_column": label_column}
+    if columns:
+        kwargs["embedding_columns"] = columns
+    return PoolConfig(**kwargs)
+
+
+class Progress:
+    """A tqdm bar on stderr; silent when stderr is not a terminal and quiet is asked."""
+
+    def __init__(self, total: int, desc: str, unit: str = "it"):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "row",
+                        file=sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5)
+        self.done = 0
+
+    def to(self, done: int, postfix: str | None = None) -> None:
+        self.bar.update(done - self.done)
+        self.done = done
+        if postfix:
+            self.bar.set_postfix_str(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+
+def parse_knobs(items) -> dict:
+    import yaml
+    knobs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KNOB=VALUE")
+        knobs[name] = yaml.safe_load(value)
+    return knobs
+
+
+def sampling_options(fn):
+    """How the query is drawn from the scores (docs/acquisition.md); score and loop."""
+    fn = click.option("--candidates", type=int, default=0, show_default=True,
+                      help="Score only a seeded random subset of this many unlabelled "
+                           "posts (new each step); 0 = the whole pool.")(fn)
+    fn = click.option("--class-balance", type=float, default=0.0, show_default=True,
+                      help="Share of the query: rounds over predicted classes, each "
+                           "class at most ceil(share x query size) posts before the best "
+                           "remaining fill the query; 0 = off.")(fn)
+    fn = click.option("--sampling-beta", type=float, default=1.0, show_default=True,
+                      help="Inverse temperature of stochastic sampling.")(fn)
+    fn = click.option("--sampling", type=click.Choice(["top", "softmax", "power", "rank"]),
+                      default="top", show_default=True,
+                      help="top: the best scores; softmax/power/rank: a seeded stochastic "
+                           "batch (Gumbel-top-k; rank needs --scores-out).")(fn)
+    return fn
+
+

@@ -1,0 +1,131 @@
+"""``alray validate`` and ``alray generate``: checking and making pools."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from alray.cli.common import (
+    EXIT_BAD_INPUT, Progress, friendly_errors, parse_knobs, pool_config, pool_options)
+from alray.config import GeneratorConfig
+from alray.errors import ConfigError
+
+
+@click.command()
+@click.argument("pool")
+@click.option("--classes", type=int, default=None, help="Number of classes: labels must be in [0, N).")
+@click.option("--dim", "dims", multiple=True, metavar="MODALITY=DIM",
+              help="Expected embedding dimension; repeat per modality (default: inferred).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--max-examples", type=int, default=20, show_default=True,
+              help="Problems listed per kind (all are counted).")
+@pool_options
+@friendly_errors
+def validate(pool, classes, dims, as_json, max_examples, id_column, label_column,
+             embedding_columns):
+    """Check that POOL (a Parquet file or directory of shards) follows the pool contract."""
+    config = pool_config(id_column, label_column, embedding_columns)
+    expected = _parse_dims(dims)
+    if classes is not None and classes < 1:
+        raise ConfigError(f"--classes must be >= 1, got {classes}")
+    report = run_validation(pool, config, classes, expected, max_examples)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print_report(report)
+    sys.exit(0 if report.ok else EXIT_BAD_INPUT)
+
+
+def run_validation(pool, config, classes, dims, max_examples=20):
+    from alray.pool.validate import validate_pool
+    bar = Progress(total=0, desc="validate", unit="shard")
+    report = validate_pool(pool, config, n_classes=classes, dims=dims or None,
+                           max_examples=max_examples,
+                           progress=lambda i, n, rows: (setattr(bar.bar, "total", n),
+                                                        bar.to(i, f"{rows:,} rows")))
+    bar.close()
+    return report
+
+
+def _parse_dims(items) -> dict[str, int]:
+    dims = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            dims[name] = int(value)
+        except ValueError:
+            raise ConfigError(f"--dim {item!r}: expected MODALITY=INTEGER") from None
+    return dims
+
+
+def print_report(report) -> None:
+    s = report.summary
+    if not report.ok:
+        for problem in report.problems:
+            click.echo(f"alray: error: {problem}", err=True)
+        for kind, count in sorted(report.counts.items()):
+            click.echo(f"alray: error: {count:,} problem(s) of kind '{kind}'", err=True)
+        click.echo(f"{report.uri}: INVALID ({sum(report.counts.values()):,} problems)")
+        return
+    click.echo(f"{report.uri}: valid")
+    click.echo(f"  rows       {s.rows:,} in {s.shards} shard(s), {s.bytes / 2**20:,.1f} MiB")
+    click.echo(f"  labelled   {s.labelled:,} ({s.labelled / max(s.rows, 1):.1%})")
+    click.echo(f"  ids        {s.id_type}")
+    for modality, share in s.coverage().items():
+        click.echo(f"  {modality:<10} dim {s.dims.get(modality, '?')}, present in {share:.1%}")
+    if s.classes:
+        counts = [s.classes[c] for c in sorted(s.classes)]
+        click.echo(f"  classes    {len(counts)} seen; largest {max(counts):,}, "
+                   f"smallest {min(counts):,} (ratio {max(counts) / max(min(counts), 1):.1f})")
+        click.echo("  histogram  " + _histogram(s.classes))
+
+
+def _histogram(classes) -> str:
+    """A one-line sparkline of class sizes, largest first (the long tail at a glance)."""
+    blocks = " ▁▂▃▄▅▆▇█"
+    counts = sorted(classes.values(), reverse=True)
+    top = max(counts)
+    return "".join(blocks[max(1, round(8 * c / top))] for c in counts)
+
+
+@click.command()
+@click.argument("out")
+@click.option("--rows", type=int, default=GeneratorConfig.rows, show_default=True)
+@click.option("--val-rows", type=int, default=GeneratorConfig.val_rows, show_default=True)
+@click.option("--classes", type=int, default=GeneratorConfig.classes, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--set", "knobs", multiple=True, metavar="KNOB=VALUE",
+              help="Any other generator knob (see docs/formats.md), e.g. --set label_noise=0.2")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--dataset", type=click.Choice(["synthetic", "digits"]), default="synthetic",
+              show_default=True, help="digits: scikit-learn's handwritten digits as a "
+              "two-view pool (left and right image halves); the size options do not apply.")
+@friendly_errors
+def generate(out, rows, val_rows, classes, seed, knobs, overwrite, dataset):
+    """Generate a study-like synthetic pool (or the digits pool) into OUT/pool and OUT/val."""
+    from alray.pool import io
+    loc = io.locate(out)
+    if loc.fs.get_file_info(loc.path).type != io.pafs.FileType.NotFound and not overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    if dataset == "digits":
+        from alray.pool.digits import write_digits_pool
+        result = write_digits_pool(out, seed)
+        click.echo(f"wrote {result['pool']} ({result['rows']:,} digits) and {result['val']} "
+                   f"({result['val_rows']:,})")
+        return
+    options = {"rows": rows, "val_rows": val_rows, "classes": classes, "seed": seed,
+               **parse_knobs(knobs)}
+    run_generation(out, GeneratorConfig.from_dict(options))
+
+
+def run_generation(out, cfg):
+    from alray.pool.synthetic import generate_pool
+    bar = Progress(total=cfg.rows + cfg.val_rows, desc="generate", unit="row")
+    result = generate_pool(out, cfg, progress=lambda done, total: bar.to(done))
+    bar.close()
+    click.echo(f"wrote {result['pool']} ({cfg.rows:,} rows) and {result['val']} "
+               f"({cfg.val_rows:,} rows)")
+    return result
+
+
