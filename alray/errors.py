@@ -40,3 +40,7 @@ class CheckpointError(AlrayError):
 
 class StateError(AlrayError):
     """A run directory is corrupt, from another version, or conflicts with the config."""
+
+
+class InputWarning(UserWarning):
+    """Input that works but deserves a look (validation classes the pool never has)."""

@@ -11,7 +11,6 @@ labels.parquet and trains on them.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,29 +19,13 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from alray.errors import LabelsError, StateError
 from alray.loop.state import RunDir, labels_schema
+from alray.pool import labels_file
+from alray.pool.labels_file import MAX_EXAMPLES, Problems as _Problems  # noqa: F401
 
-CSV_SUFFIXES = (".csv",)
-PARQUET_SUFFIXES = (".parquet", ".pq")
-MAX_EXAMPLES = 20  # problem lines shown per kind; the rest are counted
-
-# problem kinds, in the order they are reported
-KINDS = {
-    "no id": "rows without an id",
-    "bad id": "rows whose id is not an integer",
-    "labelled": "rows with an already labelled or skipped id",
-    "earlier query": "rows with an id from an earlier query",
-    "unknown": "rows with an id not in the query",
-    "null label": "rows without a label",
-    "bad label": "rows whose label is not an integer",
-    "out of range": "rows whose label is out of range",
-    "duplicate": "duplicate rows",
-    "conflict": "rows with conflicting labels",
-}
+FAST_FAIL_SLACK = 1000  # rows beyond twice the query that still get a row-by-row report
 
 
 def import_labels(run_dir: str | os.PathLike, file: str | os.PathLike,
@@ -59,7 +42,8 @@ def import_labels(run_dir: str | os.PathLike, file: str | os.PathLike,
     columns = run.config.columns
     id_column, label_column = id_column or columns.id_column, label_column or columns.label_column
     id_type = query.schema.field("id").type
-    raw_ids, raw_labels = _read_answers(Path(file), id_column, label_column, id_type)
+    raw_ids, raw_labels = _read_answers(Path(file), id_column, label_column, id_type,
+                                        query.num_rows)
     context = _Context(file=str(file), step=step, n_classes=run.config.model.n_classes,
                        int_ids=pa.types.is_integer(id_type),
                        query_ids=set(query.column("id").to_pylist()),
@@ -123,52 +107,20 @@ def _new_rows(query: pa.Table, answers: dict, step: int, schema: pa.Schema) -> p
 
 
 # --- reading the file ----------------------------------------------------------------
-def _read_answers(path: Path, id_column: str, label_column: str, id_type: pa.DataType
-                  ) -> tuple[list, list]:
-    """The raw id and label values of ``path``, as Python objects, in file order."""
-    suffix = path.suffix.lower()
-    if suffix not in CSV_SUFFIXES + PARQUET_SUFFIXES:
-        raise LabelsError(f"{path}: unknown labels file type {suffix or '(no suffix)'!r}; "
-                          "give a .csv or .parquet file")
-    if not path.is_file():
-        raise LabelsError(f"{path}: no such labels file")
-    wanted = [id_column, label_column]
-    reader = _read_csv if suffix in CSV_SUFFIXES else _read_parquet
-    try:
-        table = reader(path, wanted)
-    except (pa.ArrowException, OSError) as exc:
-        raise LabelsError(f"{path}: unreadable labels file: {exc}") from None
-    return table.column(id_column).to_pylist(), table.column(label_column).to_pylist()
+def _read_answers(path: Path, id_column: str, label_column: str, id_type: pa.DataType,
+                  query_rows: int | None = None) -> tuple[list, list]:
+    """The raw id and label values of ``path``, as Python objects, in file order.
 
-
-def _require_columns(path: Path, names: list[str], wanted: list[str]) -> None:
-    for role, name in zip(("id", "label"), wanted):
-        if name not in names:
-            raise LabelsError(f"{path}: no {role} column {name!r} (columns: "
-                              f"{', '.join(map(str, names)) or 'none'}); name the file's "
-                              f"{role} column with {role}_column")
-
-
-def _read_csv(path: Path, wanted: list[str]) -> pa.Table:
-    """Read the id and label columns of a CSV as text, so nothing is guessed.
-
-    Text ids keep their leading zeros ("007" is not 7); integer ids and labels are
-    parsed row by row in ``_check_rows``, so one bad cell is a row problem, not a file
-    that cannot be read. Only an empty cell is null ("NA" could be a text id).
-    """
-    with pacsv.open_csv(path) as head:  # the first block: enough for the header
-        _require_columns(path, head.schema.names, wanted)
-    convert = pacsv.ConvertOptions(
-        column_types={name: pa.string() for name in wanted}, include_columns=wanted,
-        null_values=[""], strings_can_be_null=True)
-    return pacsv.read_csv(path, convert_options=convert)
-
-
-def _read_parquet(path: Path, wanted: list[str]) -> pa.Table:
-    """Read the id and label columns of a Parquet file (pyarrow or fastparquet made)."""
-    with pq.ParquetFile(path) as file:
-        _require_columns(path, file.schema_arrow.names, wanted)
-        return file.read(columns=wanted)
+    A file far longer than the query (the whole pool instead of the answer: more than
+    ``2 * query + FAST_FAIL_SLACK`` rows) is refused from its row count (Parquet footer,
+    streamed CSV count) before any row becomes a Python object; a shorter wrong file
+    gets the full row-by-row report."""
+    if query_rows is not None:
+        n_rows = labels_file.count_rows(path)
+        if n_rows > 2 * query_rows + FAST_FAIL_SLACK:
+            raise LabelsError(f"{path}: the file has {n_rows:,} rows, the open query has "
+                              f"{query_rows:,}; is this the right file?")
+    return labels_file.read_columns(path, id_column, label_column)
 
 
 # --- checking the rows ---------------------------------------------------------------
@@ -191,58 +143,11 @@ class _Context:
         return self._earlier.get(key)
 
 
-class _Problems:
-    """Problems by kind; renders at most ``MAX_EXAMPLES`` lines of each kind."""
-
-    def __init__(self, file: str):
-        self.file = file
-        self.by_kind: dict[str, list[str]] = {kind: [] for kind in KINDS}
-
-    def add(self, kind: str, row: int, key, text: str) -> None:
-        where = f"row {row}, id {key!r}" if key is not None else f"row {row}"
-        self.by_kind[kind].append(f"{self.file}: {where}: {text}")
-
-    def __len__(self) -> int:
-        return sum(len(lines) for lines in self.by_kind.values())
-
-    def raise_if_any(self, n_rows: int) -> None:
-        if not len(self):
-            return
-        header = (f"{self.file}: {len(self)} problem(s) in {n_rows} rows (rows counted "
-                  "from 1 after the header); nothing was imported")
-        lines = [header]
-        for kind, found in self.by_kind.items():
-            lines += found[:MAX_EXAMPLES]
-            if len(found) > MAX_EXAMPLES:
-                lines.append(f"{self.file}: ... and {len(found) - MAX_EXAMPLES} more "
-                             f"{KINDS[kind]}")
-        raise LabelsError(header, lines)
-
-
 def _check_rows(raw_ids: list, raw_labels: list, ctx: _Context) -> dict:
     """id -> label of a clean file; else a ``LabelsError`` listing every problem."""
-    problems = _Problems(ctx.file)
-    answers, first = {}, {}  # first: id -> (row, label) of its first appearance
-    for row, (raw_id, raw_label) in enumerate(zip(raw_ids, raw_labels), start=1):
-        key, id_problem = _parse_id(raw_id, ctx.int_ids)
-        label, label_problem = _parse_label(raw_label, ctx.n_classes)
-        if id_problem:
-            shown = raw_id if id_problem[0] == "bad id" else None
-            problems.add(id_problem[0], row, shown, id_problem[1])
-        else:
-            _check_membership(key, row, ctx, problems)
-        if label_problem:
-            problems.add(label_problem[0], row, key, label_problem[1])
-        if key is None:
-            continue
-        if key in first:
-            _check_repeat(key, row, label if label is not None else raw_label, first[key],
-                          problems)
-        else:
-            first[key] = (row, label if label is not None else raw_label)
-            answers[key] = label
-    problems.raise_if_any(len(raw_ids))
-    return answers
+    return labels_file.check_rows(
+        raw_ids, raw_labels, ctx.file, ctx.int_ids, ctx.n_classes,
+        member=lambda key, row, problems: _check_membership(key, row, ctx, problems))
 
 
 def _check_membership(key, row: int, ctx: _Context, problems: _Problems) -> None:
@@ -259,62 +164,6 @@ def _check_membership(key, row: int, ctx: _Context, problems: _Problems) -> None
                      f"in the query of step {earlier}, not of step {ctx.step}; {only}")
     else:
         problems.add("unknown", row, key, f"unknown id, not in the query of step {ctx.step}")
-
-
-def _check_repeat(key, row: int, label, first: tuple, problems: _Problems) -> None:
-    first_row, first_label = first
-    if label == first_label:
-        problems.add("duplicate", row, key, f"duplicate of row {first_row} (label {label!r})")
-    else:
-        problems.add("conflict", row, key, f"label {label!r} conflicts with label "
-                                           f"{first_label!r} on row {first_row}")
-
-
-def _parse_id(value, int_ids: bool) -> tuple[object, tuple[str, str] | None]:
-    """The id as the query holds it (int or str), or a (kind, text) problem."""
-    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
-        return None, ("no id", "no id")
-    if not int_ids:
-        # the pool's ids are text: an integer id in the file is its decimal text
-        return (value, None) if isinstance(value, str) else (str(value), None)
-    number = _as_integer(value)
-    if number is None:
-        return None, ("bad id", "not an integer id (the pool's ids are integers)")
-    return number, None
-
-
-def _parse_label(value, n_classes: int) -> tuple[int | None, tuple[str, str] | None]:
-    """The class as an int, or a (kind, text) problem."""
-    classes = f"the classes are 0..{n_classes - 1}"
-    if value is None or (isinstance(value, str) and not value.strip()) or (
-            isinstance(value, float) and math.isnan(value)):
-        return None, ("null label", "no label; remove the row to skip the post")
-    number = _as_integer(value)
-    if number is None:
-        return None, ("bad label", f"label {value!r} is not an integer class; {classes}")
-    if not 0 <= number < n_classes:
-        return None, ("out of range", f"label {number} is out of range; {classes}")
-    return number, None
-
-
-def _as_integer(value) -> int | None:
-    """An int from an int, an integral float ("2.0" too: tools export floats), or text."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if number == value else None
 
 
 __all__ = ["import_labels"]

@@ -23,6 +23,7 @@ from alray.config import ComputeConfig
 from alray.errors import PoolExhaustedError, StateError
 from alray.loop.state import RunDir, RunState, labels_schema
 from alray.pool.arrays import PostArrays, arrays_from_table
+from alray.pool.normalize import normalize_ids, normalize_table
 from alray.pool.schema import QUERY_COLUMNS
 
 Progress = Callable[[int, int, dict], None]  # (step, last step, metrics row)
@@ -161,7 +162,7 @@ class Session:
         label_col = cfg.columns.label_column
         labels = (query.column(label_col).to_pylist() if label_col in query.column_names
                   else [None] * query.num_rows)
-        ids = query.column("id")
+        ids = normalize_ids(query.column("id"))  # one id type in every run file
         rows = pa.table({
             "id": ids, "label": pa.array(labels, pa.int64()),
             "step": pa.array([step] * query.num_rows, pa.int64()),
@@ -241,6 +242,8 @@ class Session:
         row = {"step": step, "labelled": len(self.data),
                "queried": 0 if step == 0 else len(sources),
                "skipped": sources.count("skipped")}
+        if not self.config.assessors:
+            row["val_unreachable"] = self._val_unreachable()
         for head, values in scores.items():
             for name in ("accuracy", "macro_f1", "balanced_accuracy"):
                 row[f"{head}_{name}"] = float(values[name])
@@ -248,10 +251,25 @@ class Session:
                    step_s=time.perf_counter() - started)
         return row
 
+    def _val_unreachable(self) -> int:
+        """Validation posts whose class no post of the pool has: no query can ever
+        teach it (rare classes; counted, not refused: ``check_inputs`` warned)."""
+        if getattr(self, "_unreachable", None) is None:
+            from alray.pool.load import read_ids_and_labels
+
+            _, pool_labels = read_ids_and_labels(self.config.pool_uri, self.config.columns)
+            classes = np.unique(pool_labels[pool_labels >= 0])
+            val = self.val.labels[self.val.labels >= 0]
+            self._unreachable = int((~np.isin(val, classes)).sum())
+        return self._unreachable
+
     # --- files --------------------------------------------------------------------------
     def _write_label_rows(self, step: int, rows: pa.Table) -> None:
         old = self.run.read_labels(up_to_step=step - 1)
-        self.run.write_labels(rows if old is None else pa.concat_tables([old, rows]))
+        rows = normalize_table(rows)  # runs written before ids were normalised too
+        if old is not None:
+            rows = pa.concat_tables([normalize_table(old).cast(rows.schema), rows])
+        self.run.write_labels(rows)
 
     def _write_metrics_row(self, step: int, row: dict) -> None:
         old = self.run.read_metrics(up_to_step=step - 1)

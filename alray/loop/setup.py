@@ -3,11 +3,12 @@ frozen config and the pool fingerprints."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
 from alray.config import LoopConfig, branch_widths_for
-from alray.errors import ConfigError, EmptyPoolError, LabelsError, StateError
+from alray.errors import ConfigError, EmptyPoolError, InputWarning, LabelsError, StateError
 from alray.loop.state import RunDir
 from alray.pool import io
 
@@ -52,15 +53,28 @@ def check_inputs(config: LoopConfig) -> None:
         top = int(max(pool_labels.max(), val_labels.max()))
         problems.append(f"label {top} is out of range for {n_classes} classes "
                         "(--classes)")
-    if not config.assessors:
-        unseen = sorted(set(np.unique(val_labels[val_labels >= 0]).tolist())
-                        - set(np.unique(pool_labels[pool_labels >= 0]).tolist()))
-        if unseen:
-            problems.append(f"{config.val_uri}: the validation pool has classes the pool "
-                            f"never has: {', '.join(map(str, unseen[:20]))}"
-                            + (f" and {len(unseen) - 20} more" if len(unseen) > 20 else ""))
     if problems:
         raise LabelsError(problems[0], problems)
+    if not config.assessors:
+        _warn_unreachable(config, pool_labels, val_labels)
+
+
+def _warn_unreachable(config: LoopConfig, pool_labels: np.ndarray, val_labels: np.ndarray
+                      ) -> None:
+    """Validation classes the pool never has are normal (rare classes): no query can
+    teach them, so their posts are counted in each step's ``val_unreachable`` metric."""
+    val = val_labels[val_labels >= 0]
+    unseen = np.setdiff1d(np.unique(val), np.unique(pool_labels[pool_labels >= 0]))
+    if len(unseen):
+        posts = int(np.isin(val, unseen).sum())
+        warnings.warn(InputWarning(
+            f"{config.val_uri}: {posts:,} of {len(val):,} validation posts have classes the "
+            f"pool never has ({', '.join(map(str, unseen[:20].tolist()))}"
+            + (f" and {len(unseen) - 20} more" if len(unseen) > 20 else "")
+            + "); no query can reach them: the metrics count them as val_unreachable"),
+            stacklevel=3)
+
+
 
 
 def fingerprints(config: LoopConfig) -> dict:

@@ -48,6 +48,7 @@ def save_checkpoint(path: str | Path, model: FusionNet, config: ModelConfig,
     path = Path(path)
     if model.config != config:
         raise ValueError("save_checkpoint: config differs from the model's own config")
+    check_finite_weights(model.state_dict(), str(path))
     meta = {"format": FORMAT, "version": VERSION, "architecture": config.to_dict(),
             "n_classes": config.n_classes, "modality_dims": dict(config.modality_dims),
             "extra": dict(extra or {})}
@@ -64,6 +65,19 @@ def save_checkpoint(path: str | Path, model: FusionNet, config: ModelConfig,
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def check_finite_weights(state: Mapping[str, Any], where: str) -> None:
+    """Refuse weights holding a NaN or an infinity: such a model would be saved, loaded
+    and scored with plausible-looking numbers (CheckpointError naming the tensors)."""
+    bad = [name for name, tensor in state.items()
+           if torch.is_tensor(tensor) and tensor.is_floating_point()
+           and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {where}: not written: the model's weights hold NaN or infinite "
+            f"values ({', '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}); the "
+            "training diverged or its inputs had non-finite values")
 
 
 def _write(file: Path, writer) -> None:

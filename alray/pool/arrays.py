@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from alray.config import PoolConfig
 from alray.errors import PoolSchemaError
+from alray.pool.normalize import normalize_ids, normalize_labels
 
 UNLABELLED = -1
 
@@ -109,23 +110,31 @@ def _float32(values: pa.Array) -> np.ndarray:
     return arr.astype(np.float32, copy=False)
 
 
-def labels_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """``(n,)`` int64 labels with UNLABELLED for nulls."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+def labels_array(column: pa.Array | pa.ChunkedArray, ids=None, where: str = "",
+                 first_row: int = 0) -> np.ndarray:
+    """``(n,)`` int64 labels with UNLABELLED for nulls (and pandas' NaN); a label that is
+    not an integer class (2.7, inf) is refused naming its row (and id, given ``ids``)."""
+    column = normalize_labels(column, ids, where=where, first_row=first_row)
     if column.null_count:
         column = column.fill_null(UNLABELLED)
     return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
 def arrays_from_table(table: pa.Table | pa.RecordBatch, pool: PoolConfig,
-                      dims: Mapping[str, int]) -> PostArrays:
+                      dims: Mapping[str, int], where: str = "", first_row: int = 0
+                      ) -> PostArrays:
     """Convert a pool table (or Ray Data pyarrow batch) to ``PostArrays``.
 
     ``dims`` maps each modality to its embedding dimension. The label column is
-    optional (all UNLABELLED when absent).
+    optional (all UNLABELLED when absent). Ids become int64 or str whatever their Arrow
+    type (``alray.pool.normalize``). A NaN, an infinity or a null inside a present
+    vector is refused (PoolSchemaError naming ``where``, e.g. the file, the row counted
+    from ``first_row`` and the id): bad numbers never reach a model.
     """
     names = table.schema.names
+    ids = normalize_ids(table.column(pool.id_column), pool.id_column, where)
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    id_values = ids.to_numpy(zero_copy_only=False)
     features, present = {}, {}
     for modality, column in pool.embedding_columns.items():
         if column not in names:
@@ -133,11 +142,30 @@ def arrays_from_table(table: pa.Table | pa.RecordBatch, pool: PoolConfig,
                                   f"(modality {modality}); columns are {names}")
         features[modality], present[modality] = embedding_matrix(
             table.column(column), dims[modality], column)
-    ids = table.column(pool.id_column)
-    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-    id_values = ids.to_numpy(zero_copy_only=False)
+        check_finite(features[modality], present[modality], id_values, column, where,
+                     first_row)
     if pool.label_column in names:
-        labels = labels_array(table.column(pool.label_column))
+        labels = labels_array(table.column(pool.label_column), id_values, where, first_row)
     else:
         labels = np.full(len(id_values), UNLABELLED, dtype=np.int64)
     return PostArrays(ids=id_values, features=features, present=present, labels=labels)
+
+
+def check_finite(matrix: np.ndarray, present: np.ndarray, ids: np.ndarray, column: str,
+                 where: str = "", first_row: int = 0) -> None:
+    """Refuse a ``(n, dim)`` embedding matrix with a non-finite value in a present row.
+
+    A null inside a vector arrives here as NaN. The message names the first bad row
+    (counted from ``first_row``), its id and the count of bad rows.
+    """
+    finite = np.isfinite(matrix).all(axis=1)  # (n,)
+    bad = present & ~finite
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad)
+    row, key = int(rows[0]), ids[int(rows[0])]
+    key = key.item() if isinstance(key, np.generic) else key
+    more = f" ({len(rows)} such rows in this batch)" if len(rows) > 1 else ""
+    raise PoolSchemaError(f"{where + ': ' if where else ''}row {first_row + row} (id {key!r}):"
+                          f" column {column}: NaN, infinite or null value in the embedding"
+                          f"{more}; fix or drop these rows (`alray validate` lists them all)")

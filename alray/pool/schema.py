@@ -97,7 +97,11 @@ def is_embedding_type(t: pa.DataType) -> bool:
 
 
 def is_id_type(t: pa.DataType) -> bool:
-    return pa.types.is_int64(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+    # any integer or text type, dictionary-encoded too: readers normalise it to int64 or
+    # string (alray.pool.normalize)
+    from alray.pool.normalize import id_type_of
+
+    return id_type_of(t) is not None
 
 
 def is_label_type(t: pa.DataType) -> bool:
