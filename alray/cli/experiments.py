@@ -1,4 +1,4 @@
-"""``alray sweep`` (Ray Tune grids) and ``alray report`` (curves, intervals, savings).
+"""``alray sweep`` (Ray Tune grids) and ``alray report`` (curves, savings, paired tests).
 
 A sweep comes from a YAML file (``jobs/configs/*.yaml``) and/or options; options win.
 Any loop option is ``--set KEY=VALUE`` (dotted ``LoopConfig`` keys, e.g.
@@ -57,11 +57,14 @@ def sweep(config_file, smoke, resume, address, **opts):
 @click.command()
 @click.argument("sweep_dir")
 @click.option("--out", required=True, help="Folder for the figures and summary.md.")
+@click.option("--reference", default="margin", show_default=True,
+              help="The strategy (or exact variant) every variant is also tested against.")
 @friendly_errors
-def report(sweep_dir, out):
-    """Learning curves with t-intervals, label savings and a summary table of a sweep."""
+def report(sweep_dir, out, reference):
+    """Learning curves with t-intervals, label savings against one random baseline
+    (censored where a seed never reached), paired tests, and a summary of a sweep."""
     from alray.experiments.report import write_report
 
-    files = write_report(sweep_dir, out)
+    files = write_report(sweep_dir, out, reference)
     for path in files:
         click.echo(f"wrote {path}")

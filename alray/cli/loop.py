@@ -196,7 +196,7 @@ def _run_with_bar(run, compute, steps, run_loop):
 
 
 def _report(run, outcome) -> None:
-    from alray.experiments.report import plot_run
+    from alray.experiments.plots import plot_run
 
     metrics = outcome.metrics
     if metrics is not None and metrics.num_rows:

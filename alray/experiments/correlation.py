@@ -25,6 +25,7 @@ import numpy as np
 
 from alray.config import ModelConfig, PoolConfig, TrainConfig
 from alray.errors import ConfigError, EmptyPoolError, LabelsError
+from alray.experiments.stats import mean_interval, one_sample_t_test, spearman_interval
 
 PAIRS = {"loss": "accuracy vs loss", "margin": "accuracy vs margin"}
 STUDY = {"loss": (-0.2518, 0.0115), "margin": (0.2461, 0.0136)}  # posts, tables 1-2
@@ -64,48 +65,25 @@ def group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.bincount(groups, weights=values) / np.bincount(groups)
 
 
-def _rowwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rho of each row pair of ``(m, n)`` arrays (average ranks); NaN for a
-    constant row."""
-    from scipy.stats import rankdata
-
-    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
-    ra -= ra.mean(axis=1, keepdims=True)
-    rb -= rb.mean(axis=1, keepdims=True)
-    den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (ra * rb).sum(axis=1) / den, np.nan)
-
-
 def spearman_stats(y: np.ndarray, x: np.ndarray, seed: int, n_boot: int = N_BOOT,
                    level: float = 0.95, resamples: np.ndarray | None = None) -> dict:
-    """Spearman rho of ``y`` against ``x`` (both ``(n,)``), its p-value (scipy) and a
-    percentile bootstrap ``level`` interval over the n points (resampled with
-    replacement, seeded; ``resamples`` ``(n_boot, n)`` indices reuses a draw).
-    A constant input gives NaN (never patched)."""
-    from scipy.stats import spearmanr
-
-    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
-    if len(y) != len(x) or len(y) < 3:
-        raise ValueError(f"spearman_stats needs two (n,) arrays, n >= 3; got {len(y)}, {len(x)}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConstantInputWarning: the NaN says it
-        rho, p = spearmanr(y, x)
+    """Spearman rho of ``y`` against ``x`` (both ``(n,)``), its p-value and a percentile
+    bootstrap ``level`` interval over the n points (``stats.spearman_interval``), the
+    resamples drawn from the seed's bootstrap stream unless given (``(n_boot, n)``)."""
     if resamples is None:
-        resamples = np.random.default_rng([int(seed), _BOOTSTRAP]).integers(
-            0, len(y), (n_boot, len(y)))
-    boot = _rowwise_spearman(y[resamples], x[resamples])
-    tail = 100 * (1 - level) / 2
-    low, high = (np.nanpercentile(boot, [tail, 100 - tail]) if np.isfinite(boot).any()
-                 else (np.nan, np.nan))
-    return {"rho": float(rho), "p_value": float(p), "low": float(low), "high": float(high)}
+        resamples = _bootstrap_draw(seed, len(y), n_boot)
+    return spearman_interval(y, x, resamples, level)
+
+
+def _bootstrap_draw(seed: int, n: int, n_boot: int) -> np.ndarray:
+    return np.random.default_rng([int(seed), _BOOTSTRAP]).integers(0, n, (n_boot, n))
 
 
 def seed_statistics(groups: dict, seed: int, n_boot: int = N_BOOT) -> list[dict]:
     """One row per pair for one seed's groups (``accuracy``, ``mean_loss``,
     ``mean_margin``: ``(n_groups,)``); both pairs share one bootstrap draw."""
     acc = np.asarray(groups["accuracy"], np.float64)
-    draw = np.random.default_rng([int(seed), _BOOTSTRAP]).integers(0, len(acc), (n_boot, len(acc)))
+    draw = _bootstrap_draw(seed, len(acc), n_boot)
     return [{"seed": int(seed), "pair": pair, "groups": len(acc),
              **spearman_stats(acc, groups[f"mean_{pair}"], seed, n_boot, resamples=draw)}
             for pair in PAIRS]
@@ -114,18 +92,12 @@ def seed_statistics(groups: dict, seed: int, n_boot: int = N_BOOT) -> list[dict]
 def across_seeds(per_seed: list[dict]) -> list[dict]:
     """Per pair: mean rho over seeds with its 95% Student-t interval, and the p-value of
     a one-sample t-test of rho = 0 over seeds (NaN with one seed)."""
-    from scipy.stats import ttest_1samp
-
-    from alray.experiments.report import mean_interval
-
     rows = []
     for pair in PAIRS:
         rhos = np.array([r["rho"] for r in per_seed if r["pair"] == pair], np.float64)
         mean, low, high = mean_interval(rhos)
-        finite = rhos[np.isfinite(rhos)]
-        p = float(ttest_1samp(finite, 0.0).pvalue) if len(finite) >= 2 else np.nan
-        rows.append({"pair": pair, "seeds": len(finite), "rho": mean, "low": low,
-                     "high": high, "p_value": p})
+        rows.append({"pair": pair, "seeds": int(np.isfinite(rhos).sum()), "rho": mean,
+                     "low": low, "high": high, "p_value": one_sample_t_test(rhos)})
     return rows
 
 
@@ -253,7 +225,7 @@ def run_correlation(pool_uri: str, val_uri: str, columns: PoolConfig, model: Mod
                     train: TrainConfig, seeds: Sequence[int], initial: int = 2000,
                     candidates: int = 10_000, group_size: int = 100,
                     address: str | None = None, progress: Progress | None = None,
-                    out: str | os.PathLike | None = None, cpus_per_task: float = 1.0,
+                    cpus_per_task: float = 1.0,
                     n_boot: int = N_BOOT) -> dict:
     """Run the experiment (module docstring); ``model`` already shaped to the pool.
 
@@ -263,15 +235,15 @@ def run_correlation(pool_uri: str, val_uri: str, columns: PoolConfig, model: Mod
     seed, accuracy, macro_f1, seconds), ``per_seed`` (rows: seed, pair, groups, rho,
     p_value, low, high), ``summary`` (rows: pair, seeds, rho, low, high, p_value) and
     ``settings``. Each Ray task takes ``cpus_per_task`` CPUs and as many torch threads
-    (at least one); ``progress(done, total)`` counts finished tasks. With ``out`` the
-    files are written there (``write_outputs``).
+    (at least one); ``progress(done, total)`` counts finished tasks. Nothing is written:
+    ``correlation_report.write_outputs`` turns the result into files.
     """
-    from alray.runtime import ensure_ray
+    from alray.runtime import require_ray
 
     seeds = [int(s) for s in seeds]
     check_sizes(initial, candidates, group_size, seeds)
     sets, val = _draw_and_load(pool_uri, val_uri, columns, model, seeds, initial, candidates)
-    ensure_ray(address)
+    require_ray()
     trains = {s: train.replace(seed=s).to_dict() for s in seeds}
     posts, results, passive = _run_tasks(model.to_dict(), trains, sets, val, group_size,
                                          cpus_per_task, progress)
@@ -281,9 +253,6 @@ def run_correlation(pool_uri: str, val_uri: str, columns: PoolConfig, model: Mod
                           "candidates": candidates, "group_size": group_size,
                           "model": model.to_dict(), "train": train.to_dict(),
                           "bootstrap": n_boot}
-    if out is not None:
-        from alray.experiments.correlation_report import write_outputs  # matplotlib only when writing
-        write_outputs(result, out)
     return result
 
 

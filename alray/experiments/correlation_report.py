@@ -1,5 +1,6 @@
 """The correlation experiment's outputs: the study's table beside ours, the scatter
-plot, and the files of a run (``alray.experiments.correlation.run_correlation`` computes them)."""
+plot, and the files of a run. ``alray.experiments.correlation.run_correlation`` computes
+the result and returns it; the caller hands it to ``write_outputs``."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ import os
 import numpy as np
 
 from alray.experiments.correlation import PAIRS, STUDY
+from alray.experiments.plots import plot_groups
+
 
 def _fmt(value: float, spec: str = "+.4f") -> str:
     return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
@@ -41,36 +44,6 @@ def summary_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n\n![correlation.png](correlation.png)\n"
 
 
-def plot_groups(groups: list[dict], passive: list[dict], out: str) -> str:
-    """Each group model's accuracy gain over its seed's passive model against the
-    group's mean loss and mean margin, one colour per seed (a shift per seed does not
-    change the per-seed Spearman)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    base = {p["seed"]: p["accuracy"] for p in passive}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True, constrained_layout=True)
-    for seed in sorted(base):
-        rows = [g for g in groups if g["seed"] == seed]
-        gain = [100 * (g["accuracy"] - base[seed]) for g in rows]
-        for ax, pair in zip(axes, PAIRS):
-            ax.scatter([g[f"mean_{pair}"] for g in rows], gain, s=12, alpha=0.7,
-                       label=f"seed {seed}")
-    for ax, pair in zip(axes, PAIRS):
-        ax.set_xlabel(f"group mean {pair}" + (" (p1 - p2)" if pair == "margin" else ""))
-        ax.axhline(0, color="0.3", lw=0.8)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation accuracy gain over passive (points)")
-    axes[1].legend(fontsize=8)
-    fig.suptitle("One model per disjoint group, fine-tuned from the passive weights")
-    tmp = os.path.join(os.path.dirname(out) or ".", f".{os.path.basename(out)}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
-
-
 def write_outputs(result: dict, out: str | os.PathLike) -> list[str]:
     """``groups.parquet``, ``posts.parquet``, ``summary.json``, ``summary.md`` and
     ``correlation.png`` in ``out``, each written atomically; returns the paths."""
@@ -89,5 +62,5 @@ def write_outputs(result: dict, out: str | os.PathLike) -> list[str]:
     with open(tmp, "w") as f:
         f.write(summary_markdown(result))
     os.replace(tmp, paths[3])
-    plot_groups(result["groups"], result["passive"], paths[4])
+    plot_groups(result["groups"], result["passive"], list(PAIRS), paths[4])
     return paths

@@ -1,4 +1,4 @@
-"""Experiment files (``jobs/configs/*.yaml``) and the sweep they describe.
+"""Experiment files (``jobs/configs/*.yaml``) and the sweep or correlation they describe.
 
 A sweep comes from a YAML file and/or options; options win. Any loop option is
 ``KEY=VALUE`` (dotted ``LoopConfig`` keys, e.g. ``train.epochs=45``) and any list of
@@ -116,3 +116,39 @@ def smoke_experiment(data: dict, out: str) -> dict:
     merged["set"] = {**(data.get("set") or {}), "initial": 100, "score.query_size": 10,
                      "train.epochs": 3, **(smoke.get("set") or {})}
     return merged
+
+
+CORRELATION_SIZES = {"initial": 2000, "candidates": 10_000, "group_size": 100}
+
+
+def build_correlation(file_data: dict, opts: dict) -> dict:
+    """``run_correlation``'s keyword arguments, plus ``out``, from an experiment file's
+    values (``kind: correlation``) overridden by options (``pool``, ``val``, ``seeds``,
+    ``initial``, ``candidates``, ``group_size``, ``set``: ``KEY=VALUE`` strings,
+    ``smoke``, ``out``). Sizes are checked before any work."""
+    from alray.experiments.correlation import check_sizes
+    from alray.loop.setup import apply_overrides, shape_model
+    from alray.pool.io import absolute_uri
+
+    kind = file_data.get("kind", "sweep") if file_data else "correlation"
+    if kind != "correlation":
+        raise ConfigError(f"the experiment file is of kind {kind!r}; `alray correlation` "
+                          "runs kind: correlation (use `alray sweep` for sweeps)")
+    data = smoke_experiment(dict(file_data), opts["out"]) if opts.get("smoke") else dict(file_data)
+    pool, val = opts.get("pool") or data.get("pool"), opts.get("val") or data.get("val")
+    if not pool or not val:
+        raise ConfigError("the correlation experiment needs a pool and a validation pool "
+                          "(--pool, --val)")
+    settings = {**CORRELATION_SIZES, **(data.get("set") or {})}
+    settings.update({k: yaml.safe_load(v)
+                     for k, v in key_values(opts.get("set", ()), "--set").items()})
+    settings.update({k: opts[k] for k in CORRELATION_SIZES if opts.get(k) is not None})
+    sizes = {k: settings.pop(k) for k in ("candidates", "group_size")}
+    seeds = parse_seeds(opts.get("seeds") or data.get("seeds", "0-4"))
+    check_sizes(settings.get("initial"), sizes["candidates"], sizes["group_size"], seeds)
+    loop = LoopConfig(pool_uri=absolute_uri(pool), val_uri=absolute_uri(val),
+                      train=TrainConfig())
+    loop = shape_model(apply_overrides(loop, settings), settings.get("model.n_classes"))
+    return {"pool_uri": loop.pool_uri, "val_uri": loop.val_uri, "columns": loop.columns,
+            "model": loop.model, "train": loop.train, "seeds": seeds, "initial": loop.initial,
+            **sizes, "out": str(Path(opts["out"]).resolve())}

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from alray.experiments.files import read_experiment
 from alray.experiments.correlation import (across_seeds, cut_groups, group_means, group_seed,
-                               sample_candidates, seed_statistics, spearman_stats)
+                                          sample_candidates, seed_statistics, spearman_stats)
+from alray.experiments.files import build_correlation, read_experiment
 from alray.errors import ConfigError, EmptyPoolError
 
 CONFIG = Path(__file__).parents[2] / "jobs" / "configs" / "correlation.yaml"
@@ -63,13 +63,13 @@ def test_spearman_golden_numbers():
 def test_bootstrap_resamples_agree_with_scipy():
     from scipy.stats import spearmanr
 
-    from alray.experiments.correlation import _rowwise_spearman
+    from alray.experiments.stats import rowwise_spearman
 
     rng = np.random.default_rng(1)
     y, x = rng.random(30), rng.random(30).round(1)  # ties in x
     draw = rng.integers(0, 30, (20, 30))
     expected = [spearmanr(y[d], x[d])[0] for d in draw]
-    np.testing.assert_allclose(_rowwise_spearman(y[draw], x[draw]), expected)
+    np.testing.assert_allclose(rowwise_spearman(y[draw], x[draw]), expected)
 
 
 def test_seed_and_across_seed_statistics_golden():
@@ -93,7 +93,6 @@ def test_seed_and_across_seed_statistics_golden():
 
 # --- the shipped file and the command's options ---------------------------------------
 def test_shipped_config_parses_at_full_and_smoke_size(tmp_path):
-    from alray.cli.correlation import build_correlation
     from alray.experiments.correlation import check_sizes
 
     data = read_experiment(CONFIG)
@@ -111,7 +110,6 @@ def test_shipped_config_parses_at_full_and_smoke_size(tmp_path):
 
 
 def test_wrong_kind_and_bad_sizes_are_refused(tmp_path):
-    from alray.cli.correlation import build_correlation
     from alray.experiments.correlation import check_sizes
 
     with pytest.raises(ConfigError, match="kind 'sweep'"):
@@ -134,12 +132,16 @@ def test_wrong_kind_and_bad_sizes_are_refused(tmp_path):
 
 # --- end to end on Ray ----------------------------------------------------------------
 def test_smoke_correlation_end_to_end(tmp_path, ray_session):
-    from alray.cli.correlation import build_correlation
     from alray.experiments.correlation import run_correlation
     from alray.pool.load import sample_labelled_ids
 
+    from alray.experiments.correlation_report import write_outputs
+
     kwargs = build_correlation(read_experiment(CONFIG), {"out": str(tmp_path), "smoke": True})
+    out = Path(kwargs.pop("out"))
     result = run_correlation(**kwargs)
+    assert not (out / "summary.md").exists()  # computing writes nothing
+    write_outputs(result, out)
     n, size = kwargs["candidates"], kwargs["group_size"]
     n_groups = n // size
     posts = result["posts"]
@@ -168,7 +170,6 @@ def test_smoke_correlation_end_to_end(tmp_path, ray_session):
     for row in result["summary"]:
         assert row["seeds"] == len(kwargs["seeds"])
         assert row["low"] <= row["rho"] <= row["high"]
-    out = Path(kwargs["out"])
     for name in ("groups.parquet", "posts.parquet", "summary.json", "summary.md",
                  "correlation.png"):
         assert os.path.getsize(out / name) > 0

@@ -1,70 +1,126 @@
-"""The report's statistics: golden numbers on hand-built curves, and properties."""
+"""The sweep report's files and tables, on hand-made curves whose answers are known."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from scipy import stats
 
-from alray.experiments.report import (
-    labels_to_reach, mean_interval, normalised_auc, seed_results, summarise,
-    summary_markdown)
+from alray.experiments import plots
+from alray.experiments.compare import compare_sweep
+from alray.experiments.report import savings_markdown, summary_page, write_report
 
-
-def test_t_interval_golden_and_wider_than_normal():
-    values = [0.50, 0.52, 0.49, 0.53, 0.51]
-    mean, low, high = mean_interval(values)
-    assert mean == pytest.approx(0.51)
-    # s = 0.01581, t_{4, 0.975} = 2.776: half-width 0.01963
-    assert high - mean == pytest.approx(2.7764 * 0.015811 / np.sqrt(5), rel=1e-3)
-    assert (high - mean) > 1.96 * np.std(values, ddof=1) / np.sqrt(5)
-    assert mean_interval([0.7]) [0] == 0.7 and np.isnan(mean_interval([0.7])[1])
-    assert np.isnan(mean_interval([np.nan, np.nan])[0])
+X = (2000, 2500, 3000)
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(0, 1), min_size=2, max_size=12))
-def test_interval_contains_the_mean_and_matches_scipy(values):
-    mean, low, high = mean_interval(values)
-    assert low <= mean + 1e-12 and mean <= high + 1e-12
-    if np.std(values) > 1e-9:
-        lo, hi = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
-                                  scale=stats.sem(values))
-        assert (low, high) == pytest.approx((lo, hi), rel=1e-9, abs=1e-12)
+def _sweep(tmp_path, arms: dict) -> str:
+    rows = [(variant, variant.split(" ")[0], seed, step, X[step], acc, acc - 0.05)
+            for variant, per_seed in arms.items() for seed, curve in enumerate(per_seed)
+            for step, acc in enumerate(curve)]
+    curves = pd.DataFrame(rows, columns=["variant", "strategy", "seed", "step", "labelled",
+                                         "fused_accuracy", "fused_macro_f1"])
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    curves.to_parquet(sweep / "curves.parquet")
+    return str(sweep)
 
 
-def test_labels_to_reach_and_auc():
-    labelled = [2000, 2020, 2040, 2060]
-    acc = [0.40, 0.45, 0.44, 0.50]
-    assert labels_to_reach(labelled, acc, 0.45) == 2020
-    assert labels_to_reach(labelled, acc, 0.46) == 2060
-    assert np.isnan(labels_to_reach(labelled, acc, 0.51))
-    # trapezoid: (0.425 + 0.445 + 0.47) * 20 / 60
-    assert normalised_auc(labelled, acc) == pytest.approx((0.425 + 0.445 + 0.47) / 3)
+ARMS = {
+    "random": [[0.40, 0.50, 0.49]] * 3,
+    "margin": [[0.40, 0.44, 0.48], [0.40, 0.58, 0.60], [0.40, 0.58, 0.60]],
+    "entropy": [[0.40, 0.52, 0.55], [0.40, 0.53, 0.55], [0.40, 0.51, 0.56]],
+}
 
 
-def _curves():
-    """Two seeds; margin reaches random's final accuracy 2 steps early in both."""
-    rows = []
-    for seed, shift in ((0, 0.0), (1, 0.01)):
-        for step in range(5):
-            labelled = 100 + 10 * step
-            rows.append(("random", seed, step, labelled, 0.40 + 0.05 * step + shift))
-            rows.append(("margin", seed, step, labelled, 0.40 + 0.10 * min(step, 3) + shift))
-    return pd.DataFrame(rows, columns=["variant", "seed", "step", "labelled", "accuracy"])
+def test_report_files_and_the_censored_saving(tmp_path):
+    files = write_report(_sweep(tmp_path, ARMS), tmp_path / "report")
+    names = sorted(os.path.basename(f) for f in files)
+    assert names == ["curves-all.png", "curves-entropy.png", "curves-margin.png",
+                     "per_seed.csv", "savings.png", "summary.md"]
+    assert all(os.path.getsize(f) > 0 for f in files)
+    assert not [f for f in os.listdir(tmp_path / "report") if "tmp" in f]
+    page = (tmp_path / "report" / "summary.md").read_text()
+    # the overview table is the page's third paragraph (alray demo prints it)
+    assert page.split("\n\n")[2].startswith("| variant | seeds | random baseline |")
+    savings = page.split("## Labels to reach")[1].split("##")[0]
+    margin = next(line for line in savings.splitlines() if line.startswith("| margin | 3 |"))
+    # 2 of 3 seeds reached random's final; the third is censored: a bound, sign flipped
+    assert margin.endswith("| >= 2,500 (2/3) | -2.9 [-42.1, 36.4]% | <= -3.4% | <= -2.7% "
+                           "| <= -2.0% |")
+    assert "random's final accuracy" in page and "isotonic" in page
+    assert "Against the reference (margin)" in page and "| entropy | margin | 3 |" in page
+    per_seed = pd.read_csv(tmp_path / "report" / "per_seed.csv")
+    assert len(per_seed) == 9 and "saving_100_kind" in per_seed
 
 
-def test_savings_are_paired_per_seed():
-    per_seed = seed_results(_curves())
-    margin = per_seed[per_seed.variant == "margin"].set_index("seed")
-    # random's final = 0.60 (+shift); margin gets there at step 2 (labelled 120) vs 140
-    assert margin.loc[0, "labels_100"] == 120 and margin.loc[1, "labels_100"] == 120
-    assert margin.loc[0, "saving_100"] == pytest.approx(1 - 120 / 140)
-    summary = summarise(per_seed).set_index("variant")
-    assert summary.loc["margin", "saving_100"] == pytest.approx(1 - 120 / 140)
-    assert summary.loc["margin", "auc"] > summary.loc["random", "auc"]
-    assert np.isnan(summary.loc["random", "auc_p_value"])
-    table = summary_markdown(summary.reset_index())
-    assert "| margin | 2 |" in table and "14.3" in table
+def test_report_with_another_reference_and_no_random_arm(tmp_path):
+    sweep = _sweep(tmp_path, {"margin": ARMS["margin"], "entropy": ARMS["entropy"]})
+    files = write_report(sweep, tmp_path / "report", reference="entropy")
+    page = (tmp_path / "report" / "summary.md").read_text()
+    assert "No plain random arm" in page and "| margin | entropy | 3 |" in page
+    assert "savings.png" not in [os.path.basename(f) for f in files]
+
+
+def test_savings_figure_has_no_zero_width_bars(tmp_path, monkeypatch):
+    """One seed: no interval, so no error bar at all; a censored bound: no error bar."""
+    arms = {"random": [[0.40, 0.50, 0.49]], "margin": [[0.40, 0.58, 0.60]],
+            "entropy": [[0.40, 0.44, 0.48]]}
+    figures = []
+    real = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out: figures.append(fig) or real(fig, out))
+    write_report(_sweep(tmp_path, arms), tmp_path / "report")
+    savings = figures[-1].axes[0]
+    from matplotlib.container import ErrorbarContainer
+    bars = [c for c in savings.containers if isinstance(c, ErrorbarContainer)]
+    segments = [s for c in bars for s in c.lines[2][0].get_segments()] if bars else []
+    assert segments == []  # one seed each: not one error bar, zero-width or not
+    hatched = [p for p in savings.patches if p.get_hatch()]
+    assert len(hatched) >= 1  # entropy never reached 100% of random's final: a bound
+
+
+def test_one_seed_cells_have_no_interval_and_step_zero_targets_are_na():
+    curves = pd.DataFrame(
+        [(v, 0, s, X[s], a) for v, c in {"random": [0.50, 0.45, 0.48],
+                                          "margin": [0.50, 0.47, 0.55]}.items()
+         for s, a in enumerate(c)], columns=["variant", "seed", "step", "labelled", "accuracy"])
+    result = compare_sweep(curves)
+    table = savings_markdown(result["summary"][result["summary"]["role"] == ""])
+    row = table.splitlines()[2]
+    # met at step 0 by both: no labels, no saving (never "0.0 [0.0, 0.0]%")
+    assert row == "| margin | 1 | " + "n/a (1/1) | " * 4 + "n/a | " * 3 + "n/a |"
+    page = summary_page(result, [])
+    assert "| margin | 1 | random | 0.550 | " in page
+
+
+def test_no_pyplot_and_no_backend_switch():
+    """The library draws with Figure + Agg canvas: pyplot is never imported, and the
+    process's backend is left as it was."""
+    code = ("import matplotlib, sys; matplotlib.use('pdf'); import tempfile, pandas as pd\n"
+            "from alray.experiments import plots\n"
+            "fig, ax = plots.new_figure(2, 2); ax.plot([0, 1]);\n"
+            "plots.save_figure(fig, tempfile.mkdtemp() + '/f.png')\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n"
+            "assert matplotlib.get_backend() == 'pdf', matplotlib.get_backend()\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    for module in ("report.py", "plots.py", "correlation_report.py"):
+        text = open(os.path.join(os.path.dirname(plots.__file__), module)).read()
+        assert "pyplot" not in text.replace("pyplot's", "") and "matplotlib.use" not in text
+
+
+@pytest.mark.parametrize("share", [0.95, 1.0])
+def test_the_pooled_mean_curve_never_exceeds_its_members(share):
+    rng = np.random.default_rng(0)
+    arms = {"random sampling=top": [list(0.4 + np.sort(rng.uniform(0, 0.2, 3)))] * 2,
+            "random sampling=softmax": [list(0.4 + np.sort(rng.uniform(0, 0.2, 3)))] * 2}
+    curves = pd.DataFrame([(v, seed, s, X[s], a) for v, per in arms.items()
+                           for seed, c in enumerate(per) for s, a in enumerate(c)],
+                          columns=["variant", "seed", "step", "labelled", "accuracy"])
+    bands = compare_sweep(curves)["bands"]
+    pooled = bands[bands["variant"] == "random (pooled)"]["mean"].to_numpy()
+    top = bands[bands["variant"] == "random sampling=top"]["mean"].to_numpy()
+    soft = bands[bands["variant"] == "random sampling=softmax"]["mean"].to_numpy()
+    np.testing.assert_allclose(pooled, (top + soft) / 2)
+    assert share  # parametrised only to run on two draws of the same shape
