@@ -190,11 +190,13 @@ def seed_results(curves, metric: str = "accuracy", arms=None, baseline_of=None,
 
 # --- over seeds ------------------------------------------------------------------------------
 def _aggregate(g, column: str) -> dict:
-    kinds = g.get(f"{column}_kind")
-    kinds = kinds if kinds is not None else [stats.EXACT] * len(g)
-    values = np.where(np.asarray(kinds) == stats.AT_LEAST, g["labelled"], g[column]) \
-        if column.endswith(tuple(f"labels_{pct(s)}" for s in SHARES)) else g[column]
-    r = stats.censored_mean(np.asarray(values, float), kinds)
+    """Mean over seeds of ``column`` with its kinds (``{column}_kind``; exact if none):
+    a labels count never reached (NaN, at least) counts at the seed's horizon."""
+    kinds = np.asarray(g[f"{column}_kind"] if f"{column}_kind" in g else [stats.EXACT] * len(g))
+    values = g[column].to_numpy(float)
+    if "labels_" in column:
+        values = np.where(kinds == stats.AT_LEAST, g["labelled"].to_numpy(float), values)
+    r = stats.censored_mean(values, kinds)
     return {column: r["mean"], f"{column}_low": r["low"], f"{column}_high": r["high"],
             f"{column}_kind": r["kind"], f"{column}_n": r["n"]}
 

@@ -118,7 +118,7 @@ def plot_savings(variants: list[str], savings: dict[str, dict], out: str, title:
                     fmt="none", ecolor="0.2", capsize=2, lw=0.9)
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Patch(facecolor="0.8", hatch="//", edgecolor="0.4"))
-    labels.append("bound: a seed never reached (v: at most)")
+    labels.append("hatched: a bound, some seed never reached (v: at most)")
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xticks(x, variants, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("labels saved (%)")

@@ -150,3 +150,28 @@ def test_holm_properties(p):
     order = np.argsort(p, kind="stable")
     assert np.all(np.diff(adjusted[order]) >= -1e-12)  # order kept
     assert adjusted.min() == pytest.approx(min(1.0, len(p) * min(p)))
+
+
+def test_experiments_import_one_way():
+    """stats and plots are leaves (no alray import, no I/O module); the computations never
+    import their writers (correlation -> correlation_report, compare -> report)."""
+    import ast
+    import pathlib
+
+    here = pathlib.Path(stats.__file__).parent
+
+    def imports(name):
+        tree = ast.parse((here / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+        return found
+
+    assert not {m for m in imports("stats") if m.startswith("alray")}
+    assert not {m for m in imports("plots") if m.startswith("alray")}
+    assert "alray.experiments.correlation_report" not in imports("correlation")
+    assert "alray.experiments.report" not in imports("compare")
+    assert not {m for m in imports("stats") | imports("compare") if "matplotlib" in m}
