@@ -23,7 +23,7 @@ def new_figure(width: float, height: float, ncols: int = 1, **subplots):
 
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, squeeze=ncols == 1, **subplots)
+    return fig, fig.subplots(1, ncols, **subplots)  # one Axes, or a (ncols,) array
 
 
 def save_figure(fig, out: str | os.PathLike, dpi: int = 110) -> str:

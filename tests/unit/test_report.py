@@ -124,3 +124,19 @@ def test_the_pooled_mean_curve_never_exceeds_its_members(share):
     soft = bands[bands["variant"] == "random sampling=softmax"]["mean"].to_numpy()
     np.testing.assert_allclose(pooled, (top + soft) / 2)
     assert share  # parametrised only to run on two draws of the same shape
+
+
+def test_the_loop_and_correlation_figures(tmp_path):
+    import pyarrow as pa
+
+    metrics = pa.table({"labelled": [100, 120], "fused_accuracy": [0.5, 0.6],
+                        "fused_macro_f1": [0.4, 0.5], "image_accuracy": [0.45, 0.5],
+                        "image_macro_f1": [0.3, 0.4], "fused_balanced_accuracy": [0.4, 0.5]})
+    groups = [{"seed": s, "group": g, "accuracy": 0.5 + 0.01 * g, "mean_loss": g,
+               "mean_margin": -g} for s in (0, 1) for g in range(3)]
+    passive = [{"seed": 0, "accuracy": 0.5}, {"seed": 1, "accuracy": 0.49}]
+    for path in (plots.plot_run(metrics, tmp_path / "curve.png", "a run"),
+                 plots.plot_groups(groups, passive, ["loss", "margin"],
+                                   str(tmp_path / "correlation.png"))):
+        assert os.path.getsize(path) > 0
+    assert sorted(os.listdir(tmp_path)) == ["correlation.png", "curve.png"]
