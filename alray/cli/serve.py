@@ -3,6 +3,7 @@ posts -> the run's next query for assessors). ``jobs/serve.py`` runs the same co
 from __future__ import annotations
 
 import os
+import stat
 
 import click
 
@@ -13,9 +14,14 @@ TOKEN_ENV = "ALRAY_SERVE_TOKEN"
 
 
 def read_token(token_file: str | None) -> str | None:
-    """The bearer token: the file's first line, else $ALRAY_SERVE_TOKEN, else None."""
+    """The bearer token: the file's first line, else $ALRAY_SERVE_TOKEN, else None. A
+    token file others can read is refused, as ssh refuses such a key."""
     if token_file:
         try:
+            mode = os.stat(token_file).st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigError(f"--token-file {token_file}: readable by other users "
+                                  f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
             with open(token_file) as f:
                 token = f.readline().strip()
         except OSError as exc:
@@ -52,6 +58,13 @@ def read_token(token_file: str | None) -> str | None:
               help="Requests joined into one forward pass (serve.batch).")
 @click.option("--batch-wait-ms", type=float, default=5.0, show_default=True)
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True)
+@click.option("--max-posts", type=int, default=20_000, show_default=True,
+              help="Posts one request may hold (a compressed body is counted decoded).")
+@click.option("--max-decoded-mb", type=float, default=256.0, show_default=True,
+              help="Size one request's posts may decode to.")
+@click.option("--checkpoint-root", default=None,
+              help="/reload loads only below this folder [default: the run's "
+                   "checkpoints, else the --checkpoint's folder].")
 @click.option("--top-classes", type=int, default=3, show_default=True)
 @click.option("--mc-samples", type=int, default=20, show_default=True)
 @click.option("--head", default="fused", show_default=True)
@@ -68,9 +81,10 @@ def read_token(token_file: str | None) -> str | None:
 def serve(**p):
     """Score posts over HTTP as they arrive and route the uncertain ones to assessors."""
     from alray.serve.config import ServeConfig
-    from alray.serve.runner import serve_forever
+    from alray.serve.runner import check_bind, serve_forever
 
     token = read_token(p["token_file"])
+    check_bind(p["host"], token)  # before anything starts
     config = ServeConfig(
         checkpoint=p["checkpoint"], run_dir=p["run_dir"],
         strategies=tuple(s.strip() for s in p["strategy"].split(",") if s.strip()),
@@ -82,10 +96,9 @@ def serve(**p):
         num_cpus=p["num_cpus"], num_gpus=p["num_gpus"],
         max_batch_requests=p["batch_requests"], batch_wait_s=p["batch_wait_ms"] / 1000,
         max_body_mb=p["max_body_mb"], poll_s=p["poll_s"], id_type=p["id_type"],
-        columns=pool_config(p["id_column"], p["label_column"], p["embedding_columns"]))
-    if p["host"] not in ("127.0.0.1", "localhost", "::1") and token is None:
-        click.echo(f"alray: warning: serving on {p['host']} without a token "
-                   f"(--token-file or ${TOKEN_ENV})", err=True)
+        columns=pool_config(p["id_column"], p["label_column"], p["embedding_columns"]),
+        max_posts=p["max_posts"], max_decoded_mb=p["max_decoded_mb"],
+        checkpoint_root=p["checkpoint_root"])
     summary = serve_forever(config, token, p["address"], echo=click.echo)
     click.echo(f"stopped: {summary['posts_seen']:,} posts scored, "
                f"{summary['posts_routed']:,} routed"
@@ -108,5 +121,11 @@ def queue(run_dir):
     click.echo(f"step {out['step']}: {out['queued']} routed posts queued in {out['query']} "
                f"({out['dropped']} already labelled or sent twice)"
                + (f"; new pool shard {out['pool_shard']}" if out["pool_shard"] else ""))
+    refused = out["refused"]
+    if refused:
+        click.echo(f"alray: {len(refused)} routed posts refused: their id is in the pool "
+                   "with other embeddings, so a label would train the pool's row (ids: "
+                   f"{', '.join(map(str, refused[:10]))}{' ...' if len(refused) > 10 else ''})",
+                   err=True)
     click.echo(f"label it, then: alray labels import {run_dir} FILE && "
                f"alray loop --run-dir {run_dir} --resume")

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from alray import __version__
 from alray.config import LoopConfig
 from alray.errors import ConfigError, StateError
-from alray.pool import io
+from alray.pool import io, sheets
 
 FORMAT = "alray-run"
 VERSION = 1
@@ -176,7 +175,7 @@ class RunDir:
         if csv:
             tmp = self.query_path(step, ".csv.tmp")
             tmp = tmp.with_name(f".{tmp.name}")
-            pacsv.write_csv(table, tmp)
+            sheets.write_csv(table, tmp)  # text cells escaped: no formulas
             os.replace(tmp, self.query_path(step, ".csv"))
 
     def read_query(self, step: int) -> pa.Table:

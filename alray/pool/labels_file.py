@@ -22,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from alray.errors import LabelsError
+from alray.pool.sheets import unescape
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -191,8 +192,9 @@ def parse_id(value, int_ids: bool) -> tuple[object, tuple[str, str] | None]:
     if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return None, ("no id", "no id")
     if not int_ids:
-        # the pool's ids are text: an integer id in the file is its decimal text
-        return (value, None) if isinstance(value, str) else (str(value), None)
+        # the pool's ids are text: an integer id in the file is its decimal text; a
+        # text id alray escaped for spreadsheets (alray.pool.sheets) is read back as is
+        return (unescape(value), None) if isinstance(value, str) else (str(value), None)
     number = as_integer(value)
     if number is None:
         return None, ("bad id", "not an integer id (the pool's ids are integers)")

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -24,10 +26,12 @@ from ray import serve
 
 from alray.errors import AlrayError
 from alray.serve.config import ServeConfig
-from alray.serve.posts import ARROW_TYPES, BadRequest, parse_posts
+from alray.serve.posts import ARROW_TYPES, BadRequest, Limits, parse_posts
 
 ARROW_STREAM = ARROW_TYPES[0]
 RELOAD_WAIT_S = 30.0  # how long POST /reload waits for the other replicas to switch
+ROUTED_WAIT_S = 60.0  # how long a batch with routed posts waits for them to be written
+log = logging.getLogger(__name__)
 
 
 class ScoringService:
@@ -46,6 +50,8 @@ class ScoringService:
         self.threads = max(1, int(self.config.num_cpus)) if self.device == "cpu" else 1
         torch.set_num_threads(self.threads)
         self.replica_id = uuid.uuid4().hex[:12]
+        self.limits = Limits(self.config.max_posts,
+                             int(self.config.max_decoded_mb * 2**20))
         current = ray.get(coordinator.current.remote(self.replica_id))
         self.model = self._load(current["checkpoint"])
         self.version = current["version"]
@@ -103,8 +109,12 @@ class ScoringService:
 
         body = await self._read_body(request)
         table = parse_posts(body, request.headers.get("content-type", ""),
-                            self.config.columns, self.model.dims, self.config.id_type)
-        answer = await self.score_batch(table)
+                            self.config.columns, self.model.dims, self.config.id_type,
+                            self.limits)
+        try:
+            answer = await self.score_batch(table)
+        except RoutingUnavailable as exc:
+            raise BadRequest(503, str(exc)) from None
         if ARROW_STREAM in request.headers.get("accept", ""):
             return Response(_arrow_bytes(answer_table(table, answer, self.config)),
                             media_type=ARROW_STREAM)
@@ -138,6 +148,9 @@ class ScoringService:
                                       "latest one from")
             from alray.serve.routing import latest_checkpoint
             asked = latest_checkpoint(self.config.run_dir)
+            if asked is None:
+                raise BadRequest(409, "the run has no checkpoint yet")
+        asked = self._inside_root(asked)
         try:
             model = await asyncio.to_thread(self._load, str(asked))
         except AlrayError as exc:
@@ -150,8 +163,27 @@ class ScoringService:
                               "model_version": current["version"],
                               "replicas_switched": updated, "replicas": live})
 
+    def _inside_root(self, asked) -> str:
+        """``asked`` as an absolute path below the configured checkpoint root; any other
+        path is refused (403): a client must not make the service load arbitrary files."""
+        root = self.config.checkpoint_root
+        if not isinstance(asked, str) or not asked:
+            raise BadRequest(400, 'the body must be empty or {"checkpoint": PATH}')
+        if "://" in root or "://" in asked:
+            inside = asked.startswith(root.rstrip("/") + "/") and "/../" not in asked
+            path = asked
+        else:
+            resolved = Path(asked).resolve()
+            inside = resolved.is_relative_to(Path(root).resolve())
+            path = str(resolved)
+        if not inside:
+            raise BadRequest(403, f"checkpoint {asked}: outside the checkpoint root {root}; "
+                                  "/reload loads only below it (--checkpoint-root)")
+        return path
+
     async def _wait_for_replicas(self, version: int) -> tuple[int, int]:
-        await self.coordinator.current.remote(self.replica_id, self.version)
+        await self.coordinator.current.remote(self.replica_id, self.version,
+                                              self.model.checkpoint)
         deadline = time.monotonic() + RELOAD_WAIT_S
         within = 3 * self.config.poll_s + 5
         while True:
@@ -175,7 +207,11 @@ class ScoringService:
                   else np.zeros(len(scores), dtype=bool))
         rows = (routed_rows(table, result, routed, self.config, threshold, model.checkpoint)
                 if routed.any() else None)
-        self._pending = self.coordinator.observe.remote(scores, rows)
+        report = self.coordinator.observe.remote(scores, rows)
+        if rows is not None and self.config.run_dir:
+            await self._written(report)  # no answer says "routed" before it is on disk
+        else:
+            self._pending = report
         answers, start = [], 0
         for part in tables:
             end = start + part.num_rows
@@ -185,16 +221,34 @@ class ScoringService:
         return answers
 
     async def _current_threshold(self) -> float | None:
-        if self._pending is not None:  # the previous batch's report: done by now, mostly
-            self.threshold, self._pending = await self._pending, None
+        """The threshold the previous batch's report brought back (done by now, mostly).
+        A report that failed is dropped, not awaited again: the batch routes with the
+        threshold it had, and the next report goes to the coordinator Ray restarted."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                self.threshold = await pending
+            except Exception as exc:  # the coordinator died or restarts: keep serving
+                log.warning("replica %s: a report to the coordinator failed (%s); "
+                            "routing with the last threshold", self.replica_id, exc)
         return self.threshold
+
+    async def _written(self, report) -> None:
+        """Wait until the coordinator has journaled this batch's routed posts (fsynced);
+        a coordinator that crashed is restarted by Ray and the call retried."""
+        try:
+            self.threshold = await asyncio.wait_for(report, ROUTED_WAIT_S)
+        except Exception as exc:
+            raise RoutingUnavailable(
+                f"routed posts could not be recorded ({type(exc).__name__}: {exc}); "
+                "nothing was scored, send the request again") from None
 
     # --- model versions ---------------------------------------------------------------
     def _load(self, checkpoint: str):
         from alray.errors import CheckpointError
         from alray.serve.model import OnlineModel
 
-        model = OnlineModel(checkpoint, self.config, self.device, self.threads)
+        model = OnlineModel.load(checkpoint, self.config, self.device, self.threads)
         old = getattr(self, "model", None)
         if old is not None and (model.dims != old.dims or model.n_classes != old.n_classes):
             raise CheckpointError(f"checkpoint {checkpoint}: dims {model.dims} and "
@@ -214,7 +268,7 @@ class ScoringService:
             wanted = None
             try:
                 current = ray.get(self.coordinator.current.remote(
-                    self.replica_id, self.version), timeout=30)
+                    self.replica_id, self.version, self.model.checkpoint), timeout=30)
                 wanted = current["version"]
                 if wanted > self.version and wanted not in self._failed:
                     self._swap(self._load(current["checkpoint"]), wanted)
@@ -228,6 +282,10 @@ class ScoringService:
 
     def __del__(self):
         self._stop.set()
+
+
+class RoutingUnavailable(Exception):
+    """A batch whose routed posts the coordinator could not record: answered 503."""
 
 
 @dataclass

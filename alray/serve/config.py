@@ -49,6 +49,9 @@ class ServeConfig(_Config):
     flush_s: float = 5.0             # ... or after this long
     id_type: str = "int64"
     columns: PoolConfig = field(default_factory=PoolConfig)
+    max_posts: int = 20_000          # posts one request may hold, however it is encoded
+    max_decoded_mb: float = 256.0    # the size one request's posts may decode to
+    checkpoint_root: str | None = None  # /reload loads only below it (None: RUN/checkpoints)
 
     _NESTED = {"columns": PoolConfig}
 
@@ -91,6 +94,15 @@ class ServeConfig(_Config):
         if self.id_type not in ID_TYPES:
             problems.append(f"id_type must be one of {', '.join(ID_TYPES)}, got "
                             f"{self.id_type!r}")
+        problems += self._check_limits()
+        return problems
+
+    def _check_limits(self) -> list[str]:
+        problems = []
+        if not isinstance(self.max_posts, int) or self.max_posts < 1:
+            problems.append(f"max_posts must be an integer >= 1, got {self.max_posts!r}")
+        if not self.max_decoded_mb > 0:
+            problems.append(f"max_decoded_mb must be > 0, got {self.max_decoded_mb!r}")
         return problems
 
     @property

@@ -9,9 +9,17 @@ query of step S = the last completed step + 1, with their routing scores as the 
 scores. From there it is the assessor round trip: ``alray labels import RUN FILE``, then
 ``alray loop --run-dir RUN --resume``. Queued shards move to ``RUN/online/queued/``.
 
-Order of writes (each atomic): the pool shard, the query, state.json (the commit point),
-then the shards move. A kill before state.json leaves no open query; running the command
-again redoes it from the same shards.
+A routed post whose id is already in the pool, unlabelled, is the pool's row: the loop
+trains on the pool row's embeddings. It is queued only when its routed embeddings are
+the pool row's; otherwise it is refused (counted and named, moved with its shard), since
+its label would silently train another embedding.
+
+Order of writes (each atomic): the pool shard, run.json's fingerprints (the shard
+recorded as the run's own change), the query, state.json (the commit point), then the
+shards move. A kill anywhere before state.json leaves no open query and running the
+command again finishes the step from the same shards: a kill between the pool shard and
+run.json leaves exactly that shard as the pool's only change, which is taken as this
+command's own (its posts are then the pool's, with the same embeddings).
 """
 from __future__ import annotations
 
@@ -35,7 +43,7 @@ def queue_routed(run_dir: str | os.PathLike) -> dict:
     from alray.pool import io
     from alray.pool.load import read_ids_and_labels
 
-    run = reopen_run(run_dir)  # refuses a pool that changed behind the run's back
+    run = _reopen(run_dir)  # refuses a pool that changed behind the run's back
     state = run.read_state()
     if state.open_query is not None:
         raise StateError(f"{run.path}: the query of step {state.open_query} still waits "
@@ -58,19 +66,77 @@ def queue_routed(run_dir: str | os.PathLike) -> dict:
     ids = routed.column("id").to_pylist()
     keep = np.array([i not in done for i in ids], dtype=bool)
     routed = routed.filter(pa.array(keep))
+    in_pool = np.isin(routed.column("id").to_numpy(zero_copy_only=False), pool_ids)
+    refused = _not_the_pool_rows(run, routed.filter(pa.array(in_pool)))
+    if refused:
+        keep = ~np.isin(routed.column("id").to_numpy(zero_copy_only=False),
+                        np.asarray(refused, dtype=pool_ids.dtype))
+        routed, in_pool = routed.filter(pa.array(keep)), in_pool[keep]
     if routed.num_rows == 0:
-        raise StateError(f"{run.path}: all {len(ids)} routed posts are labelled already")
+        raise StateError(f"{run.path}: none of the {len(ids)} routed posts can be queued: "
+                         f"labelled already, or ({len(refused)}) in the pool with other "
+                         "embeddings" + _named(refused))
     step = state.step + 1
-    new = routed.filter(pa.array(~np.isin(routed.column("id").to_numpy(
-        zero_copy_only=False), pool_ids)))
+    new = routed.filter(pa.array(~in_pool))
     shard = _add_to_pool(run, new, step) if new.num_rows else None
+    if shard is not None:  # recorded before anything points at the shard
+        reopen_run(run_dir, allow_pool_change=True)
     query = _query_table(routed, step)
     run.write_query(query, step, csv=True)
     run.write_state(RunState(state.step, state.checkpoint, open_query=step))
-    reopen_run(run_dir, allow_pool_change=True)  # the new shard is the run's own change
     _move_queued(shards, run.path / ROUTED_DIR / "queued" / f"step-{step:05d}")
-    return {"step": step, "queued": query.num_rows, "dropped": len(ids) - query.num_rows,
+    return {"step": step, "queued": query.num_rows,
+            "dropped": len(ids) - query.num_rows - len(refused), "refused": refused,
             "pool_shard": shard, "query": str(run.query_path(step, ".csv"))}
+
+
+def _reopen(run_dir: str | os.PathLike):
+    """The run, locked; the pool may differ from the run's record only by the shard an
+    interrupted ``queue_routed`` of the next step wrote (then it is recorded now)."""
+    from alray.loop.setup import fingerprints, reopen_run
+    from alray.loop.state import RunDir
+    from alray.pool import io
+
+    run = RunDir.open(run_dir)
+    own = f"online/{_shard_name(run.read_state().step + 1)}"
+    old, new = run.meta.get("fingerprints", {}), fingerprints(run.config)
+    changes = io.fingerprint_changes(old.get("pool", []), new["pool"])
+    unchanged_val = not io.fingerprint_changes(old.get("val", []), new["val"])
+    ours = changes == [f"{own}: added"] and unchanged_val
+    return reopen_run(run_dir, allow_pool_change=ours)
+
+
+def _shard_name(step: int) -> str:
+    return f"step-{step:05d}.parquet"
+
+
+def _not_the_pool_rows(run, routed: pa.Table) -> list:
+    """Ids of ``routed`` (posts whose id is in the pool) whose embeddings differ from
+    the pool row's: their labels would train the pool row's embeddings, not these."""
+    from alray.pool.arrays import embedding_matrix
+    from alray.pool.load import load_rows
+
+    if routed.num_rows == 0:
+        return []
+    ids = routed.column("id").to_pylist()
+    pool = load_rows(run.config.pool_uri, run.config.columns, ids=np.asarray(ids))
+    position = {key: i for i, key in enumerate(pool.ids.tolist())}
+    rows = np.array([position[key] for key in ids], dtype=np.int64)
+    same = np.ones(len(ids), dtype=bool)
+    for modality, column in run.config.columns.embedding_columns.items():
+        dim = pool.features[modality].shape[1]
+        if column not in routed.column_names:
+            same &= ~pool.present[modality][rows]
+            continue
+        matrix, present = embedding_matrix(routed.column(column), dim, column)
+        same &= present == pool.present[modality][rows]
+        same &= (matrix == pool.features[modality][rows]).all(axis=1)
+    return [key for key, ok in zip(ids, same) if not ok]
+
+
+def _named(ids: list) -> str:
+    return f": {', '.join(map(str, ids[:10]))}" + (" ..." if len(ids) > 10 else "") \
+        if ids else ""
 
 
 def pending_shards(run_path: Path) -> list[Path]:
@@ -107,7 +173,7 @@ def _add_to_pool(run, table: pa.Table, step: int) -> str:
     except (pa.ArrowException, KeyError) as exc:
         raise StateError(f"routed posts do not fit the pool {run.config.pool_uri}: "
                          f"{exc}") from None
-    uri = f"{run.config.pool_uri.rstrip('/')}/online/step-{step:05d}.parquet"
+    uri = f"{run.config.pool_uri.rstrip('/')}/online/{_shard_name(step)}"
     io.write_table(rows, uri)
     return uri
 

@@ -10,6 +10,16 @@ The coordinator is also the only writer of routed posts (``RUN/online/routed-*.p
 each written temp-then-rename) and the keeper of the model version: it reads
 RUN/state.json at most every ``poll_s`` and bumps the version when the loop has
 committed a new checkpoint, or when ``POST /reload`` asks.
+
+A crash loses nothing a client was told. Routed posts are appended to a journal
+(``RUN/online/journal.arrows``, an Arrow IPC stream, fsynced per batch) before the
+replica answers ``route_to_assessors: true``; Ray restarts the actor (and retries the
+call in flight), and the new one writes what the journal holds as a shard before anything
+else. Why a journal in the coordinator rather than a file per batch written by the
+replicas: the same durability (one fsync per batch with routed posts), one writer, and
+shards of ``flush_rows`` posts instead of one small file per batch. A restarted
+coordinator starts with the calibration's threshold again, and takes the model version
+the replicas report (it cannot be behind them).
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ from alray.serve.config import ServeConfig
 
 ROUTED_DIR = "online"
 ROUTED_PATTERN = re.compile(r"routed-(\d{6})\.parquet")
+JOURNAL = "journal.arrows"
 
 
 class Reservoir:
@@ -55,7 +66,9 @@ class Reservoir:
 
 
 class RoutedWriter:
-    """Buffers routed posts and writes them as numbered Parquet shards in ``directory``."""
+    """Buffers routed posts and writes them as numbered Parquet shards in ``directory``;
+    every buffered post is in the journal first (fsynced), and a journal left by a crash
+    is written as a shard when the writer starts."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
@@ -66,8 +79,19 @@ class RoutedWriter:
         self.parts: list[pa.Table] = []
         self.rows = 0
         self.since = time.monotonic()
+        self._journal = None  # (file, IPC writer, schema) while posts are buffered
+        self.replayed = self._replay()
 
     def add(self, table: pa.Table) -> None:
+        """Buffer ``table``; it is on disk (fsynced) when this returns."""
+        if self._journal is not None and not table.schema.equals(self._journal[2]):
+            self.flush()  # another schema: one journal holds one
+        if self._journal is None:
+            self._open_journal(table.schema)
+        sink, writer, _ = self._journal
+        writer.write_table(table)
+        sink.flush()
+        os.fsync(sink.fileno())
         if not self.parts:
             self.since = time.monotonic()
         self.parts.append(table)
@@ -85,7 +109,50 @@ class RoutedWriter:
         io.write_table(pa.concat_tables(self.parts, promote_options="permissive"), path)
         self.next_index += 1
         self.parts, self.rows = [], 0
+        self._close_journal()  # after the shard: a crash in between writes them twice
         return str(path)
+
+    def _open_journal(self, schema: pa.Schema) -> None:
+        sink = open(self.directory / JOURNAL, "wb")
+        self._journal = (sink, pa.ipc.new_stream(sink, schema), schema)
+        _fsync_dir(self.directory)
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            sink, writer, _ = self._journal
+            writer.close()
+            sink.close()
+            self._journal = None
+        (self.directory / JOURNAL).unlink(missing_ok=True)
+
+    def _replay(self) -> str | None:
+        """The shard of the posts a crashed writer journaled; a torn last batch (the
+        crash came while it was written, so no client was answered) is left out."""
+        path = self.directory / JOURNAL
+        if not path.exists():
+            return None
+        batches = []
+        try:
+            with pa.ipc.open_stream(pa.memory_map(str(path))) as reader:
+                for batch in reader:
+                    batches.append(batch)
+        except (pa.ArrowException, OSError, ValueError):
+            pass
+        for batch in batches:
+            self.parts.append(pa.Table.from_batches([batch]))
+            self.rows += batch.num_rows
+        if not self.parts:
+            self._close_journal()
+            return None
+        return self.flush()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
@@ -146,10 +213,15 @@ class Coordinator:
             self.writer.flush()
 
     # --- the model version --------------------------------------------------------------
-    def current(self, replica: str | None = None, loaded: int | None = None) -> dict:
-        """The checkpoint replicas should serve; ``replica`` reports the version it has."""
+    def current(self, replica: str | None = None, loaded: int | None = None,
+                checkpoint: str | None = None) -> dict:
+        """The checkpoint replicas should serve; ``replica`` reports the version (and
+        checkpoint) it has. A replica ahead of the coordinator means the coordinator was
+        restarted: it takes the replica's version, so versions never go back."""
         if replica is not None:
             self.replicas[replica] = (loaded if loaded is not None else -1, time.monotonic())
+            if loaded is not None and checkpoint is not None and loaded > self.version:
+                self.checkpoint, self.version = str(checkpoint), int(loaded)
         if self.config.run_dir and time.monotonic() - self._polled >= self.config.poll_s:
             self._poll_run()
         return {"checkpoint": self.checkpoint, "version": self.version}

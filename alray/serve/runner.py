@@ -1,10 +1,12 @@
 """Starting the service (``start_service``) and serving until a signal (``serve_forever``).
 
-Every check that can fail runs before Serve starts: the checkpoint loads in this process,
-the strategies fit it, the calibration pool is scored, the port is free.
+Every check that can fail runs before Serve starts: the bind address has a token unless
+it is loopback, the checkpoint loads in this process, the strategies fit it, the
+calibration pool is scored, the port is free.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -17,6 +19,7 @@ from alray.errors import ConfigError, StateError
 from alray.serve.config import ServeConfig
 
 TICK_S = 1.0
+COORDINATOR_RESTARTS = -1  # Ray restarts the coordinator whenever it dies (journal replayed)
 
 
 def resolve(config: ServeConfig) -> ServeConfig:
@@ -37,7 +40,35 @@ def resolve(config: ServeConfig) -> ServeConfig:
             config = config.replace(checkpoint=latest)
     if "://" not in config.checkpoint:
         config = config.replace(checkpoint=str(Path(config.checkpoint).resolve()))
-    return config
+    return config.replace(checkpoint_root=checkpoint_root(config))
+
+
+def checkpoint_root(config: ServeConfig) -> str:
+    """Where ``/reload`` may load from: the option, else the run's checkpoints, else the
+    folder of the checkpoint served first (absolute)."""
+    root = config.checkpoint_root
+    if root is None:
+        root = (str(Path(config.run_dir, "checkpoints")) if config.run_dir
+                else config.checkpoint.rstrip("/").rsplit("/", 1)[0])
+    return root if "://" in root else str(Path(root).resolve())
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a bearer token: anyone who reaches the
+    port could score, read /info and reload."""
+    if token is None and not is_loopback(host):
+        raise ConfigError(f"--host {host}: the service would accept requests from other "
+                          "machines without a token; give --token-file (or "
+                          "$ALRAY_SERVE_TOKEN), or listen on 127.0.0.1")
 
 
 def check_port(host: str, port: int) -> None:
@@ -84,6 +115,7 @@ def start_service(config: ServeConfig, token: str | None = None,
     from alray.serve.model import OnlineModel
     from alray.serve.routing import Coordinator, calibration_scores
 
+    check_bind(config.host, token)
     config = resolve(config)
     model = OnlineModel(config.checkpoint, config)  # a bad checkpoint fails here
     calibration = (calibration_scores(config.calibration_pool, model, config)
@@ -94,7 +126,8 @@ def start_service(config: ServeConfig, token: str | None = None,
         check_port(config.host, config.port)  # an embedded Ray: nobody else's Serve
     ensure_ray(address)
     serve.start(http_options={"host": config.host, "port": config.port})
-    coordinator = ray.remote(num_cpus=0)(Coordinator).remote(
+    coordinator = ray.remote(num_cpus=0, max_restarts=COORDINATOR_RESTARTS,
+                             max_task_retries=-1)(Coordinator).remote(
         config.to_dict(), config.checkpoint, calibration)
     scaling = ({"autoscaling_config": config.autoscaling()} if config.autoscaling()
                else {"num_replicas": config.replicas})

@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(ray_session, run_dir):
+def service(ray_session, run_dir, tmp_path_factory):
     from ray import serve
 
     from alray.serve.config import ServeConfig
@@ -50,7 +50,8 @@ def service(ray_session, run_dir):
     config = ServeConfig(run_dir=str(run_dir), strategies=STRATS, mc_samples=4,
                          route_budget=0.05, calibration_pool=str(run_dir.parent / "pool"),
                          warmup_posts=50, port=free_port(), poll_s=0.5, flush_s=0.5,
-                         max_body_mb=0.25, num_cpus=0.5, replicas=2)
+                         max_body_mb=0.25, num_cpus=0.5, replicas=2,
+                         checkpoint_root=str(tmp_path_factory.getbasetemp()))
     svc = start_service(config, token=TOKEN)
     _wait_healthy(svc.url)
     yield svc
@@ -194,6 +195,19 @@ def test_bad_input_is_a_4xx_and_the_service_keeps_serving(service, case):
     assert score(service.url, posts_table(3, seed=1)).status_code == 200
 
 
+def test_a_compressed_body_of_too_many_posts_is_refused(service):
+    table = pa.table({"id": pa.array(np.arange(30_000, dtype=np.int64)),
+                      "text_emb": pa.FixedSizeListArray.from_arrays(
+                          pa.array(np.zeros(4 * 30_000, dtype=np.float32)), 4)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    body = sink.getvalue().to_pybytes()
+    assert len(body) < service.config.max_body_bytes  # small on the wire
+    reply = requests.post(f"{service.url}/score", data=body, timeout=30, headers={
+        **AUTH, "Content-Type": "application/vnd.apache.parquet"})
+    assert reply.status_code == 413 and "30,000 posts" in reply.json()["error"], reply.text
+
+
 def test_other_bad_requests(service):
     wrong_type = requests.post(f"{service.url}/score", data=b"x", timeout=30,
                                headers={**AUTH, "Content-Type": "text/csv"})
@@ -241,6 +255,10 @@ def test_reload_under_load_fails_no_request(service, tmp_path):
     bad = requests.post(f"{service.url}/reload", json={"checkpoint": str(tmp_path / "nope")},
                         headers=AUTH, timeout=60)
     assert bad.status_code == 422 and "still serving" in bad.json()["error"]
+    for outside in ("/etc/passwd", str(tmp_path / ".." / ".." / ".." / "..")):
+        refused = requests.post(f"{service.url}/reload", json={"checkpoint": outside},
+                                headers=AUTH, timeout=60)
+        assert refused.status_code == 403 and "checkpoint root" in refused.json()["error"]
     assert score(service.url, table).json()["checkpoint"] == other
 
 
@@ -296,6 +314,43 @@ def _wait_for_checkpoint(url: str, checkpoint: str) -> None:
             return
         time.sleep(0.3)
     raise AssertionError(f"the service never switched to {checkpoint}")
+
+
+def test_a_coordinator_crash_fails_no_later_request_and_loses_no_routed_post(service,
+                                                                            run_dir):
+    """The coordinator dies right after answers said ``route_to_assessors: true``: Ray
+    restarts it, it writes the journaled posts, and every later request is served."""
+    import ray
+
+    routed_ids = []
+    for i in range(6):
+        answer = score(service.url, posts_table(100, seed=300 + i,
+                                                first_id=70_000 + 100 * i)).json()
+        routed_ids += [p["id"] for p in answer["posts"] if p["route_to_assessors"]]
+    assert routed_ids
+    version = requests.get(f"{service.url}/info", headers=AUTH, timeout=30).json()[
+        "model_version"]
+    ray.kill(service.coordinator, no_restart=False)  # a crash: Ray restarts the actor
+    statuses = [score(service.url, posts_table(50, seed=400 + i, first_id=80_000 + 50 * i)
+                      ).status_code for i in range(8)]
+    assert statuses == [200] * 8
+    ray.get(service.coordinator.flush.remote())
+    written = pa.concat_tables([pq.read_table(p) for p in
+                                (run_dir / "online").glob("routed-*.parquet")])
+    assert set(routed_ids) <= set(written.column("id").to_pylist())
+    after = requests.get(f"{service.url}/info", headers=AUTH, timeout=30).json()
+    assert after["model_version"] >= version  # versions never go back
+
+
+def test_no_token_beyond_loopback_is_refused(tmp_path):
+    out = CliRunner().invoke(main, ["serve", "--checkpoint", "x", "--host", "0.0.0.0"])
+    assert out.exit_code == 2 and "without a token" in out.output
+    token = tmp_path / "token"
+    token.write_text("secret\n")
+    token.chmod(0o644)
+    out = CliRunner().invoke(main, ["serve", "--checkpoint", "x", "--host", "0.0.0.0",
+                                    "--token-file", str(token)])
+    assert out.exit_code == 2 and "chmod 600" in out.output
 
 
 def test_cli_errors_exit_2_without_traceback(tmp_path):

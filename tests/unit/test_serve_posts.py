@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from alray.config import PoolConfig
-from alray.serve.posts import BadRequest, parse_posts
+from alray.serve.posts import BadRequest, Limits, parse_posts
 from alray.serve.routing import Reservoir
 
 DIMS = {"image": 3, "text": 2}
@@ -108,3 +108,92 @@ def test_json_numbers_keep_their_values_on_the_fast_path():
     assert table.column("image_emb").to_pylist() == [
         pytest.approx([1.0, -2.5, 0.003])]
     assert table.column("text_emb").to_pylist() == [[0.0, 7.0]]
+
+
+# --- a hostile client: bodies that decode to far more than they weigh -------------------
+def _ipc(table: pa.Table, kind: str = "stream", compression=None) -> bytes:
+    sink = pa.BufferOutputStream()
+    new = pa.ipc.new_stream if kind == "stream" else pa.ipc.new_file
+    with new(sink, table.schema,
+             options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _many_posts(n: int) -> pa.Table:
+    return pa.table({"id": pa.array(np.arange(n, dtype=np.int64)),
+                     "text_emb": pa.FixedSizeListArray.from_arrays(
+                         pa.array(np.zeros(2 * n, dtype=np.float32)), 2)})
+
+
+def test_a_small_parquet_body_of_two_million_posts_is_refused_before_decoding():
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(_many_posts(2_000_000), sink, compression="zstd")
+    body = sink.getvalue().to_pybytes()
+    assert len(body) < 3 * 2**20  # under any body limit: the posts are what counts
+    with pytest.raises(BadRequest) as caught:
+        parse(body, "application/vnd.apache.parquet")
+    assert caught.value.status == 413 and "2,000,000 posts" in caught.value.error
+    with pytest.raises(BadRequest) as caught:  # few enough posts, too many bytes
+        parse_posts(body, "application/vnd.apache.parquet", PoolConfig(), DIMS, "int64",
+                    Limits(max_posts=10**7, max_decoded_bytes=2**20))
+    assert caught.value.status == 413 and "--max-decoded-mb" in caught.value.error
+
+
+@pytest.mark.parametrize("kind", ["stream", "file"])
+@pytest.mark.parametrize("compression", [None, "zstd", "lz4"])
+def test_arrow_bodies_are_sized_from_their_messages_before_decoding(kind, compression):
+    body = _ipc(_many_posts(50_000), kind, compression)
+    ctype = f"application/vnd.apache.arrow.{kind}"
+    with pytest.raises(BadRequest) as caught:
+        parse_posts(body, ctype, PoolConfig(), DIMS, "int64", Limits(max_posts=1000))
+    assert caught.value.status == 413 and "--max-posts" in caught.value.error
+    # 50,000 x (8 + 8) bytes declared: refused before a byte is decompressed
+    with pytest.raises(BadRequest) as caught:
+        parse_posts(body, ctype, PoolConfig(), DIMS, "int64",
+                    Limits(max_posts=10**6, max_decoded_bytes=500_000))
+    assert caught.value.status == 413 and "800,000 bytes" in caught.value.error
+    table = parse_posts(body, ctype, PoolConfig(), DIMS, "int64", Limits(max_posts=10**6))
+    assert table.num_rows == 50_000
+
+
+def test_json_bodies_count_posts_too():
+    body = json.dumps({"posts": [{"id": i, "text_emb": [1, 2]} for i in range(30)]})
+    with pytest.raises(BadRequest) as caught:
+        parse_posts(body.encode(), "application/json", PoolConfig(), DIMS, "int64",
+                    Limits(max_posts=20))
+    assert caught.value.status == 413
+
+
+def test_an_arrow_body_is_validated_in_full():
+    # invalid UTF-8 in a string id: passes the reader's own checks, fails the full one
+    data = pa.py_buffer(b"\xff\xfe")
+    offsets = pa.py_buffer(np.array([0, 2], dtype=np.int32).tobytes())
+    ids = pa.Array.from_buffers(pa.string(), 1, [None, offsets, data])
+    text = pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0], pa.float32()), 2)
+    body = _ipc(pa.table({"id": ids, "text_emb": text}))
+    with pytest.raises(BadRequest) as caught:
+        parse(body, "application/vnd.apache.arrow.stream", id_type="string")
+    assert caught.value.status == 422 and "validation" in caught.value.error
+
+
+def test_a_truncated_arrow_body_is_malformed():
+    body = _ipc(_many_posts(10), compression="zstd")
+    with pytest.raises(BadRequest) as caught:
+        parse(body[: len(body) // 2], "application/vnd.apache.arrow.stream")
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize("post", [
+    b'{"id": 5, "image_emb": [1, 2, 1' + b"0" * 400 + b"]}",      # beyond any float
+    b'{"id": 1' + b"0" * 400 + b', "image_emb": [1, 2]}',          # beyond any integer
+    b'{"id": 1' + b"0" * 30 + b', "image_emb": [1, 2, 3]}'])
+def test_huge_integer_literals_are_a_422_whose_answer_encodes(post):
+    import orjson
+
+    with pytest.raises(BadRequest) as caught:
+        parse(b'{"posts": [' + post + b"]}")
+    assert caught.value.status == 422
+    orjson.dumps(caught.value.body())  # the answer itself must encode (else a 500)
