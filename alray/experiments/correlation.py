@@ -238,12 +238,12 @@ def run_correlation(pool_uri: str, val_uri: str, columns: PoolConfig, model: Mod
     (at least one); ``progress(done, total)`` counts finished tasks. Nothing is written:
     ``correlation_report.write_outputs`` turns the result into files.
     """
-    from alray.runtime import require_ray
+    from alray.runtime import ensure_ray
 
     seeds = [int(s) for s in seeds]
     check_sizes(initial, candidates, group_size, seeds)
     sets, val = _draw_and_load(pool_uri, val_uri, columns, model, seeds, initial, candidates)
-    require_ray()
+    ensure_ray(address)
     trains = {s: train.replace(seed=s).to_dict() for s in seeds}
     posts, results, passive = _run_tasks(model.to_dict(), trains, sets, val, group_size,
                                          cpus_per_task, progress)
