@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # configuration and errors
     "PoolConfig": "alray.config", "ModelConfig": "alray.config", "TrainConfig": "alray.config",
-    "ScoreConfig": "alray.config", "GeneratorConfig": "alray.config",
+    "ScoreConfig": "alray.config", "GeneratorConfig": "alray.pool.synthetic",
     "LoopConfig": "alray.config", "ComputeConfig": "alray.config",
     "AlrayError": "alray.errors", "ConfigError": "alray.errors",
     "PoolSchemaError": "alray.errors", "EmptyPoolError": "alray.errors",

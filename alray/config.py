@@ -18,6 +18,7 @@ import yaml
 from alray.errors import ConfigError
 
 STUDY_MODALITY_DIMS = {"image": 1024, "text": 300}
+DEFAULT_STEPS = 100  # the study's loop length after the passive step
 STUDY_BRANCH_WIDTHS = {"image": (512, 256), "text": (256, 256)}
 
 
@@ -26,7 +27,7 @@ def branch_widths_for(dims: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
     return {m: STUDY_BRANCH_WIDTHS.get(m, (256, 256)) for m in dims}
 
 
-class _Config:
+class Config:
     """Shared behaviour of the config dataclasses: dict/YAML round trip, one ConfigError."""
 
     def _check(self) -> list[str]:  # overridden: returns the problems found
@@ -76,6 +77,13 @@ class _Config:
         return cls.from_dict(data)
 
 
+def int_problems(config, names, minimum: int = 1) -> list[str]:
+    """``"<name> must be an integer >= minimum"`` for each of ``names`` that is not."""
+    return [f"{name} must be an integer >= {minimum}, got {getattr(config, name)!r}"
+            for name in names if isinstance(getattr(config, name), bool)
+            or not isinstance(getattr(config, name), int) or getattr(config, name) < minimum]
+
+
 def _plain(value):
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -94,7 +102,7 @@ def _freeze(value):
 
 
 @dataclass(frozen=True)
-class PoolConfig(_Config):
+class PoolConfig(Config):
     """Column names of a pool: an id, one embedding column per modality, a label."""
 
     id_column: str = "id"
@@ -119,7 +127,7 @@ class PoolConfig(_Config):
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Config):
+class ModelConfig(Config):
     """The late-fusion multi-head network (defaults: the study's public code)."""
 
     modality_dims: Mapping[str, int] = field(default_factory=lambda: dict(STUDY_MODALITY_DIMS))
@@ -167,7 +175,7 @@ class ModelConfig(_Config):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Config):
+class TrainConfig(Config):
     """Passive training (fit) and active-phase fine-tuning (the study's settings)."""
 
     epochs: int = 45
@@ -185,11 +193,7 @@ class TrainConfig(_Config):
     seed: int = 0
 
     def _check(self) -> list[str]:
-        problems = []
-        for name in ("epochs", "fine_tune_epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        problems = int_problems(self, ("epochs", "fine_tune_epochs", "batch_size"))
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr!r}")
         if self.weight_decay < 0:
@@ -205,39 +209,26 @@ class TrainConfig(_Config):
 
 
 @dataclass(frozen=True)
-class ScoreConfig(_Config):
-    """How a pool is scored: strategies, query size, MC samples and the Ray Data layout."""
+class ScoreConfig(Config):
+    """What a query is: strategies, query size, MC samples and how the query is drawn.
+    Science only: where and how fast the pool is scored is ``ComputeConfig``'s, and the
+    step a query belongs to is an argument of each scoring call."""
 
     strategies: tuple[str, ...] = ("margin",)
     query_size: int = 20
     head: str = "fused"
     mc_samples: int = 20
     seed: int = 0
-    batch_size: int = 4096
-    actors: int = 1
-    num_cpus_per_actor: float = 1.0
-    num_gpus_per_actor: float = 0.0
     # docs/acquisition.md: "top" (deterministic) or Gumbel-top-k "softmax"/"power"/"rank"
     sampling: str = "top"
     sampling_beta: float = 1.0
-    sampling_step: int = 0          # a new value gives every post fresh sampling noise
     class_balance: float = 0.0      # 0: off; else rounds over predicted classes
     candidates: int = 0             # 0: the whole pool; else a seeded random subset per step
 
     def _check(self) -> list[str]:
-        problems = _sampling_problems(self)
+        problems = _sampling_problems(self) + int_problems(self, ("query_size", "mc_samples"))
         if not self.strategies:
             problems.append("strategies needs at least one strategy")
-        if not isinstance(self.query_size, int) or self.query_size < 1:
-            problems.append(f"query_size must be an integer >= 1, got {self.query_size!r}")
-        if not isinstance(self.mc_samples, int) or self.mc_samples < 1:
-            problems.append(f"mc_samples must be an integer >= 1, got {self.mc_samples!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            problems.append(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if not isinstance(self.actors, int) or self.actors < 1:
-            problems.append(f"actors must be an integer >= 1, got {self.actors!r}")
-        if self.num_cpus_per_actor < 0 or self.num_gpus_per_actor < 0:
-            problems.append("num_cpus_per_actor and num_gpus_per_actor must be >= 0")
         return problems
 
     @property
@@ -255,8 +246,6 @@ def _sampling_problems(score: "ScoreConfig") -> list[str]:
     beta = score.sampling_beta
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 1e6:
         problems.append(f"sampling_beta must be a number in (0, 1e6), got {beta!r}")
-    if not isinstance(score.sampling_step, int) or score.sampling_step < 0:
-        problems.append(f"sampling_step must be an integer >= 0, got {score.sampling_step!r}")
     n = score.candidates
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         problems.append(f"candidates must be an integer >= 0 (0 = the whole pool), got {n!r}")
@@ -269,66 +258,16 @@ def _sampling_problems(score: "ScoreConfig") -> list[str]:
 
 
 @dataclass(frozen=True)
-class GeneratorConfig(_Config):
-    """A study-like synthetic pool; every difficulty knob is explicit (docs/formats.md)."""
+class LoopConfig(Config):
+    """One active-learning run: what is frozen into its run directory, whole.
 
-    rows: int = 250_000
-    val_rows: int = 20_000
-    classes: int = 50
-    image_dim: int = 1024
-    text_dim: int = 300
-    latent_dim: int = 32
-    imbalance: float = 1.0          # Zipf exponent of the class histogram (0 = balanced)
-    subtopics: int = 4              # sub-clusters inside each class
-    subtopic_spread: float = 1.0    # distance of sub-topics from their class centre
-    class_separation: float = 1.6   # scale of the class centres against unit noise
-    overlap: float = 0.3            # share of classes placed next to another class
-    image_noise: float = 3.4        # modality-specific noise in the latent view (calibrated)
-    text_noise: float = 3.4
-    missing_image: float = 0.15     # share of posts without an image embedding
-    missing_text: float = 0.10      # share of posts without a text embedding
-    label_noise: float = 0.10       # share of labels an assessor gets wrong
-    shard_rows: int = 50_000
-    seed: int = 0
-
-    def _check(self) -> list[str]:
-        problems = []
-        for name in ("rows", "classes", "image_dim", "text_dim", "latent_dim", "subtopics",
-                     "shard_rows"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(self.val_rows, int) or self.val_rows < 0:
-            problems.append(f"val_rows must be an integer >= 0, got {self.val_rows!r}")
-        if isinstance(self.classes, int) and self.classes < 2:
-            problems.append("classes must be >= 2")
-        for name in ("missing_image", "missing_text", "label_noise", "overlap"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                problems.append(f"{name} must be in [0, 1], got {value!r}")
-        if self.missing_image + self.missing_text >= 1.0:
-            problems.append("missing_image + missing_text must be < 1: every post keeps "
-                            "at least one modality")
-        for name in ("imbalance", "subtopic_spread", "class_separation", "image_noise",
-                     "text_noise"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        return problems
-
-
-@dataclass(frozen=True)
-class LoopConfig(_Config):
-    """One active-learning run: what is frozen into its run directory.
-
-    ``steps`` is a budget, not part of the science: a resumed run may extend it. The
-    compute layout (scoring actors and batch size; ``ComputeConfig``) is not frozen
-    either: the query and the metrics do not depend on it.
+    The step budget (a resumed run may extend it) and the compute layout
+    (``ComputeConfig``) are not part of it: the query and the metrics depend on neither.
     """
 
     pool_uri: str = ""
     val_uri: str = ""
     initial: int = 2000
-    steps: int = 100
     seed: int = 0
     assessors: bool = False
     columns: PoolConfig = field(default_factory=PoolConfig)
@@ -345,11 +284,7 @@ class LoopConfig(_Config):
             problems.append("pool_uri is required")
         if not self.val_uri:
             problems.append("val_uri is required (a labelled validation pool)")
-        for name in ("initial", "steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < (1 if name == "initial" else 0):
-                problems.append(f"{name} must be an integer >= "
-                                f"{1 if name == 'initial' else 0}, got {value!r}")
+        problems += int_problems(self, ("initial",))
         if len(self.score.strategies) != 1:
             problems.append(f"a loop queries with one strategy, got {list(self.score.strategies)}")
         if set(self.model.modalities) != set(self.columns.modalities):
@@ -365,16 +300,12 @@ class LoopConfig(_Config):
     def query_size(self) -> int:
         return self.score.query_size
 
-    # the budget and the compute layout: a resumed run may change them
-    NOT_FROZEN = ("steps", "score.actors", "score.num_cpus_per_actor",
-                  "score.num_gpus_per_actor", "score.batch_size")
-
     def differences(self, other: "LoopConfig") -> list[str]:
         """``key: this -> other`` for every frozen option that differs."""
         mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
         return [f"{key}: {mine.get(key)!r} -> {theirs.get(key)!r}"
                 for key in sorted(set(mine) | set(theirs))
-                if key not in self.NOT_FROZEN and mine.get(key) != theirs.get(key)]
+                if mine.get(key) != theirs.get(key)]
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -389,35 +320,52 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ComputeConfig(_Config):
-    """Where a loop runs: in-process (``local``) or on Ray (embedded unless ``address``),
-    with its Ray Train worker group for fine-tuning."""
+class ComputeConfig(Config):
+    """Where and how fast the work runs; nothing in it changes a query or a metric.
+
+    ``local``: in this process, no Ray; else on Ray (the embedded one unless ``address``).
+    Scoring: ``score_actors`` Ray Data actors with ``score_cpus_per_actor`` CPUs (None:
+    0.5 on the embedded Ray, where the read tasks need the other CPUs; 1 on a cluster)
+    and ``score_gpus_per_actor`` GPUs, ``score_batch_size`` rows a batch. Training: a
+    Ray Train group of ``train_workers``.
+    """
 
     local: bool = False
     address: str | None = None
+    score_actors: int = 1
+    score_cpus_per_actor: float | None = None
+    score_gpus_per_actor: float = 0.0
+    score_batch_size: int = 4096
     train_workers: int = 1
     train_gpus_per_worker: float = 0.0
     train_cpus_per_worker: float | None = None  # None: the training service's default
     train_threads: int | None = None             # torch threads per worker
 
     def _check(self) -> list[str]:
-        problems = []
-        if not isinstance(self.train_workers, int) or self.train_workers < 1:
-            problems.append(f"train_workers must be an integer >= 1, got {self.train_workers!r}")
-        if self.train_gpus_per_worker < 0:
-            problems.append("train_gpus_per_worker must be >= 0")
-        if self.train_cpus_per_worker is not None and self.train_cpus_per_worker <= 0:
-            problems.append("train_cpus_per_worker must be > 0")
+        problems = int_problems(self, ("score_actors", "score_batch_size", "train_workers"))
+        for name in ("score_cpus_per_actor", "train_cpus_per_worker", "train_threads"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0 (or unset), got {getattr(self, name)!r}")
+        if self.score_gpus_per_actor < 0 or self.train_gpus_per_worker < 0:
+            problems.append("score_gpus_per_actor and train_gpus_per_worker must be >= 0")
         if self.local and self.address:
             problems.append("local and address exclude each other")
         return problems
 
+    @property
+    def cpus_per_actor(self) -> float:
+        """The scoring actors' CPUs, the default resolved."""
+        if self.score_cpus_per_actor is not None:
+            return float(self.score_cpus_per_actor)
+        return 1.0 if self.address else 0.5
+
 
 @dataclass(frozen=True)
-class SweepConfig(_Config):
+class SweepConfig(Config):
     """A strategy x seed grid (plus any LoopConfig option as a list) on Ray Tune."""
 
     loop: LoopConfig = field(default_factory=LoopConfig)
+    steps: int = DEFAULT_STEPS
     strategies: tuple[str, ...] = ("random", "margin")
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     grid: Mapping[str, tuple] = field(default_factory=dict)  # dotted key -> values
@@ -432,6 +380,7 @@ class SweepConfig(_Config):
         problems = []
         if not self.out:
             problems.append("out is required (the sweep's folder)")
+        problems += int_problems(self, ("steps",), minimum=0)
         if not self.strategies:
             problems.append("strategies needs at least one strategy")
         if not self.seeds or any(not isinstance(s, int) for s in self.seeds):

@@ -33,7 +33,8 @@ import torch
 import procs
 
 from alray.acquisition import compute_scores
-from alray.config import GeneratorConfig, ModelConfig, PoolConfig, ScoreConfig
+from alray.config import ModelConfig, PoolConfig, ScoreConfig
+from alray.pool.synthetic import GeneratorConfig
 from alray.model import FusionNet, save_checkpoint
 from alray.model.fusion import as_tensors
 from alray.pool import io
@@ -169,8 +170,8 @@ def main():
     if unknown:
         ap.error(f"unknown --paths {sorted(unknown)}; choose from {sorted(every)}")
     if any(k.startswith("ray") for k in chosen):
-        from alray.runtime import ensure_ray
-        ensure_ray()  # Ray's own start-up is paid once per process: not timed
+        from alray.runtime import connect
+        connect()  # Ray's own start-up is paid once per process: not timed
     head = (f"| {args.strategy} | rows | seconds | s per 1M rows | rows/s | GB/s read | "
             f"vs naive | vs local | load 1 min |")
     align = "|---|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -149,16 +149,16 @@ def main() -> None:
     batch = batch_rows_per_s(args.dir, checkpoint, args.pool_rows, args.strategy)
     print(f"batch path (score_pool local, {args.strategy}): {batch:,.0f} rows/s")
 
-    from alray.runtime import ensure_ray
+    from alray.runtime import connect
     from alray.serve.config import ServeConfig
     from alray.serve.runner import start_service
 
-    ensure_ray()
+    connect()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     service = start_service(ServeConfig(
-        checkpoint=checkpoint, strategies=(args.strategy,), port=port,
+        checkpoint=checkpoint, score=ScoreConfig(strategies=(args.strategy,)), port=port,
         num_cpus=args.replica_cpus, max_batch_requests=args.batch_requests,
         max_body_mb=256))
     rows = []

@@ -28,7 +28,7 @@ import torch
 
 from alray.config import ModelConfig, TrainConfig
 from alray.pool.arrays import PostArrays
-from alray.runtime import ensure_ray
+from alray.runtime import connect
 from alray.train.service import RayTraining
 from alray.train.worker import new_request, run_request
 
@@ -83,7 +83,7 @@ def main() -> None:
         import ray
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
                  log_to_driver=False)
-    ensure_ray()
+    connect()
     storage = tempfile.mkdtemp(prefix="alray-bench-train-")
     rows = [row("in-process run_request", local, local,
                 f"{torch.get_num_threads()} threads")]
@@ -91,7 +91,7 @@ def main() -> None:
     walls, computes, closes = [], [], []
     for _ in range(args.fresh):
         start = time.perf_counter()
-        service = RayTraining(storage_path=storage)
+        service = RayTraining.start(storage_path=storage)
         wall, compute = timed_run(service, request)
         walls.append(time.perf_counter() - start)
         computes.append(compute)
@@ -103,7 +103,7 @@ def main() -> None:
 
     for threads in [int(t) for t in args.threads.split(",")]:
         start = time.perf_counter()
-        with RayTraining(threads=threads, storage_path=storage) as service:
+        with RayTraining.start(threads=threads, storage_path=storage) as service:
             started = time.perf_counter() - start
             timed_run(service, request)  # untimed: first request on this worker
             timings = [timed_run(service, request) for _ in range(args.warm)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from alray.errors import LabelsError
+from alray.pool import UNLABELLED
 
 # float32 softmax rows sum to 1 within ~1e-6; 1e-3 also admits float16/AMP outputs
 ROW_SUM_TOL = 1e-3
@@ -18,7 +19,6 @@ ROW_SUM_TOL = 1e-3
 LOG_EPS = 1e-12
 # BALD = H(mean) - mean H >= 0 by Jensen; float32 rounding can push it a little below 0
 BALD_ROUNDING_TOL = 1e-4
-UNLABELLED = -1
 
 
 def check_probs(probs, name: str = "probs") -> np.ndarray:

@@ -22,9 +22,9 @@ def main() -> None:
                                        "ray_data_logging.yaml"))
 
 
-for command in (pool.validate, pool.generate, train.train, score.score, loop.loop,
-                loop.labels, experiments.sweep, experiments.report, correlation.correlation,
-                demo.demo, serve.serve, serve.online):
+for command in (pool.validate, pool.generate, pool.pool_group, train.train, score.score,
+                loop.loop, loop.labels, experiments.sweep, experiments.report,
+                correlation.correlation, demo.demo, serve.serve, serve.online):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -13,8 +13,10 @@ import click
 from alray.cli.common import EXIT_BAD_INPUT, friendly_errors
 from alray.cli.pool import print_report, run_generation, run_validation
 from alray.cli.score import run_scoring
+from alray.cli.options import SEED_KEYS
 from alray.cli.train import run_training
-from alray.config import GeneratorConfig, PoolConfig
+from alray.config import PoolConfig
+from alray.pool.synthetic import GeneratorConfig
 
 
 @click.command()
@@ -40,16 +42,16 @@ def demo(out, rows, seed, loop_steps):
     click.echo(f"== 3. train the passive model on {initial:,} random labels (the study's "
                "45 epochs)")
     run_training(result["pool"], result["val"], PoolConfig(), f"{out}/passive.ckpt",
-                  cfg.classes, 45, "multi", seed, initial)
+                 {"initial": initial, "model.n_classes": cfg.classes,
+                  **{key: seed for key in SEED_KEYS}})
     click.echo("== 4. score the pool on an embedded Ray (Ray Data actors, streaming top-k): "
                "margin and BALD (K=20 MC dropout), 20 posts each")
-    from alray.config import ScoreConfig
+    from alray.config import ComputeConfig, ScoreConfig
     from alray.pool.load import sample_labelled_ids
     labelled = sample_labelled_ids(result["pool"], PoolConfig(), initial, seed)
-    score_cfg = ScoreConfig(strategies=("margin", "bald"), query_size=20, seed=seed,
-                            num_cpus_per_actor=0.5)
+    score_cfg = ScoreConfig(strategies=("margin", "bald"), query_size=20, seed=seed)
     run_scoring(result["pool"], f"{out}/passive.ckpt", score_cfg, PoolConfig(), labelled,
-                 True, None, f"{out}/query.parquet", 0, show=5)
+                ComputeConfig(), f"{out}/query.parquet", 0, show=5)
     click.echo(f"== 5. a short simulated active-learning loop (margin, {loop_steps} steps of 20 "
                "posts): Ray Data scoring, a long-lived Ray Train worker fine-tuning")
     import shutil
@@ -69,7 +71,7 @@ def _demo_sweep(out: str) -> None:
     import shutil
     from pathlib import Path
 
-    config = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "uncertainty.yaml"
+    config = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "uncertainty.yaml"
     if not config.exists():  # an installed package has no jobs/ folder
         click.echo("== 6. (skipped: jobs/configs/uncertainty.yaml is not here)")
         return

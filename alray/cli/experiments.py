@@ -11,7 +11,12 @@ from __future__ import annotations
 import click
 
 from alray.cli.common import friendly_errors
+from alray.cli.options import SCIENCE, options, overrides
 from alray.experiments.files import build_sweep, read_experiment
+
+# every loop science option by its loop name; strategy and seed are the grid's lists
+SWEEP_SCIENCE = tuple(o.name for o in SCIENCE if o.name not in ("strategy", "seed"))
+
 
 @click.command()
 @click.option("--config", "config_file", default=None, metavar="FILE.yaml",
@@ -19,8 +24,9 @@ from alray.experiments.files import build_sweep, read_experiment
 @click.option("--smoke", is_flag=True, help="Run the experiment's small smoke size.")
 @click.option("--pool", default=None)
 @click.option("--val", default=None)
-@click.option("--strategies", default=None, help="Comma-separated [default: random,margin].")
-@click.option("--seeds", default=None, help="0-4 or 0,1,2 [default: 0-4].")
+@click.option("--strategies", "--strategy", "strategies", default=None,
+              help="Comma-separated [default: random,margin].")
+@click.option("--seeds", "--seed", "seeds", default=None, help="0-4 or 0,1,2 [default: 0-4].")
 @click.option("--steps", type=int, default=None, help="[default: 100]")
 @click.option("--out", required=True, help="The sweep's folder.")
 @click.option("--set", "set_", multiple=True, metavar="KEY=VALUE",
@@ -32,12 +38,20 @@ from alray.experiments.files import build_sweep, read_experiment
 @click.option("--max-concurrent", type=int, default=None)
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep in --out.")
 @click.option("--address", default=None, help="Ray cluster [default: embedded Ray].")
+@options(SWEEP_SCIENCE, with_default=False)
 @friendly_errors
 def sweep(config_file, smoke, resume, address, **opts):
-    """Run a strategy x seed grid of simulated loops on Ray Tune."""
-    from alray.experiments.sweep import load_sweep, run_sweep
+    """Run a strategy x seed grid of simulated loops on Ray Tune.
 
-    opts["set"], opts["smoke"] = opts.pop("set_"), smoke
+    Every science option of ``alray loop`` is an option here under the same name; one
+    not given comes from the experiment file (its ``set``), else the loop's default."""
+    from alray.experiments.sweep import load_sweep, run_sweep
+    from alray.runtime import connect
+
+    science = overrides(opts, SWEEP_SCIENCE)
+    for name in SWEEP_SCIENCE:
+        opts.pop(name)
+    opts["set"], opts["smoke"], opts["overrides"] = opts.pop("set_"), smoke, science
     if resume and not config_file and not any(v for k, v in opts.items()
                                               if k not in ("out", "set", "grid", "smoke")):
         cfg = load_sweep(opts["out"])
@@ -48,8 +62,9 @@ def sweep(config_file, smoke, resume, address, **opts):
         n *= len(values)
     click.echo(f"sweep: {n} trials ({', '.join(cfg.strategies)} x seeds "
                f"{list(cfg.seeds)}{' x ' + ', '.join(cfg.grid) if cfg.grid else ''}), "
-               f"{cfg.loop.steps} steps each -> {cfg.out}")
-    curves = run_sweep(cfg, resume=resume, address=address)
+               f"{cfg.steps} steps each -> {cfg.out}")
+    connect(address)
+    curves = run_sweep(cfg, resume=resume)
     click.echo(f"wrote {cfg.out}/curves.parquet ({curves.num_rows} rows); "
                f"next: alray report {cfg.out} --out REPORT")
 

@@ -8,6 +8,7 @@ import stat
 import click
 
 from alray.cli.common import friendly_errors, pool_config, pool_options
+from alray.cli.options import options, overrides
 from alray.errors import ConfigError
 
 TOKEN_ENV = "ALRAY_SERVE_TOKEN"
@@ -38,8 +39,6 @@ def read_token(token_file: str | None) -> str | None:
               help="Checkpoint to serve [default: the --run-dir's latest].")
 @click.option("--run-dir", default=None,
               help="Loop run: routed posts go to RUN/online/, new checkpoints are served.")
-@click.option("--strategy", default="margin", show_default=True,
-              help="Scores returned, comma-separated; the first routes posts.")
 @click.option("--route-budget", type=float, default=0.02, show_default=True,
               help="Share of posts routed to assessors.")
 @click.option("--calibration-pool", default=None,
@@ -66,9 +65,7 @@ def read_token(token_file: str | None) -> str | None:
               help="/reload loads only below this folder [default: the run's "
                    "checkpoints, else the --checkpoint's folder].")
 @click.option("--top-classes", type=int, default=3, show_default=True)
-@click.option("--mc-samples", type=int, default=20, show_default=True)
-@click.option("--head", default="fused", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@options(("strategy", "head", "mc_samples", "seed"))
 @click.option("--poll-s", type=float, default=2.0, show_default=True,
               help="How often replicas look for a new checkpoint.")
 @click.option("--id-type", type=click.Choice(["int64", "string"]), default="int64",
@@ -80,15 +77,17 @@ def read_token(token_file: str | None) -> str | None:
 @friendly_errors
 def serve(**p):
     """Score posts over HTTP as they arrive and route the uncertain ones to assessors."""
+    from alray.config import ScoreConfig
+    from alray.runtime import connect
     from alray.serve.config import ServeConfig
-    from alray.serve.runner import check_bind, serve_forever
+    from alray.serve.runner import check_bind, check_port, serve_forever
 
     token = read_token(p["token_file"])
     check_bind(p["host"], token)  # before anything starts
     config = ServeConfig(
         checkpoint=p["checkpoint"], run_dir=p["run_dir"],
-        strategies=tuple(s.strip() for s in p["strategy"].split(",") if s.strip()),
-        head=p["head"], mc_samples=p["mc_samples"], seed=p["seed"],
+        score=ScoreConfig.from_dict({k[len("score."):]: v for k, v in overrides(
+            p, ("strategy", "head", "mc_samples", "seed")).items() if k.startswith("score.")}),
         route_budget=p["route_budget"], top_classes=p["top_classes"],
         calibration_pool=p["calibration_pool"], calibration_rows=p["calibration_rows"],
         host=p["host"], port=p["port"], replicas=p["replicas"],
@@ -99,6 +98,9 @@ def serve(**p):
         columns=pool_config(p["id_column"], p["label_column"], p["embedding_columns"]),
         max_posts=p["max_posts"], max_decoded_mb=p["max_decoded_mb"],
         checkpoint_root=p["checkpoint_root"])
+    if not (p["address"] or os.environ.get("RAY_ADDRESS")):
+        check_port(config.host, config.port)  # an embedded Ray: nobody else's Serve
+    connect(p["address"])
     summary = serve_forever(config, token, p["address"], echo=click.echo)
     click.echo(f"stopped: {summary['posts_seen']:,} posts scored, "
                f"{summary['posts_routed']:,} routed"

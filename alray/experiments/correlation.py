@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from alray import seeds
 from alray.config import ModelConfig, PoolConfig, TrainConfig
 from alray.errors import ConfigError, EmptyPoolError, LabelsError
 from alray.experiments.stats import mean_interval, one_sample_t_test, spearman_interval
@@ -30,7 +31,6 @@ from alray.experiments.stats import mean_interval, one_sample_t_test, spearman_i
 PAIRS = {"loss": "accuracy vs loss", "margin": "accuracy vs margin"}
 STUDY = {"loss": (-0.2518, 0.0115), "margin": (0.2461, 0.0136)}  # posts, tables 1-2
 N_BOOT = 2000
-_CANDIDATES, _FINE_TUNE, _BOOTSTRAP = 1, 2, 3  # independent random streams of a seed
 Progress = Callable[[int, int], None]
 
 
@@ -44,7 +44,7 @@ def sample_candidates(ids: np.ndarray, labels: np.ndarray, exclude: np.ndarray, 
     if n > len(rest):
         raise EmptyPoolError(f"{n:,} candidates asked, {len(rest):,} labelled posts are "
                              f"outside the initial set of {len(exclude):,}")
-    rng = np.random.default_rng([int(seed), _CANDIDATES])
+    rng = seeds.rng(seed, "correlation", "candidates")
     return rest[rng.choice(len(rest), n, replace=False)]
 
 
@@ -76,7 +76,7 @@ def spearman_stats(y: np.ndarray, x: np.ndarray, seed: int, n_boot: int = N_BOOT
 
 
 def _bootstrap_draw(seed: int, n: int, n_boot: int) -> np.ndarray:
-    return np.random.default_rng([int(seed), _BOOTSTRAP]).integers(0, n, (n_boot, n))
+    return seeds.rng(seed, "correlation", "bootstrap").integers(0, n, (n_boot, n))
 
 
 def seed_statistics(groups: dict, seed: int, n_boot: int = N_BOOT) -> list[dict]:
@@ -103,7 +103,7 @@ def across_seeds(per_seed: list[dict]) -> list[dict]:
 
 def group_seed(seed: int, group: int) -> int:
     """The fine-tuning seed of one group model: distinct per (seed, group)."""
-    return int(np.random.SeedSequence([int(seed), _FINE_TUNE, int(group)]).generate_state(1)[0])
+    return seeds.derive_seed(seed, "correlation", "fine_tune", group)
 
 
 # --- Ray tasks (module level, so workers import them) ---------------------------------
@@ -238,12 +238,12 @@ def run_correlation(pool_uri: str, val_uri: str, columns: PoolConfig, model: Mod
     (at least one); ``progress(done, total)`` counts finished tasks. Nothing is written:
     ``correlation_report.write_outputs`` turns the result into files.
     """
-    from alray.runtime import ensure_ray
+    from alray.runtime import require_ray
 
     seeds = [int(s) for s in seeds]
     check_sizes(initial, candidates, group_size, seeds)
     sets, val = _draw_and_load(pool_uri, val_uri, columns, model, seeds, initial, candidates)
-    ensure_ray(address)
+    require_ray()
     trains = {s: train.replace(seed=s).to_dict() for s in seeds}
     posts, results, passive = _run_tasks(model.to_dict(), trains, sets, val, group_size,
                                          cpus_per_task, progress)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from alray.config import GeneratorConfig, LoopConfig, ScoreConfig, SweepConfig, TrainConfig
+from alray.config import DEFAULT_STEPS, LoopConfig, SweepConfig, TrainConfig
+from alray.pool.synthetic import GeneratorConfig
 from alray.errors import ConfigError
 
 FILE_KEYS = {"kind", "description", "pool", "val", "strategies", "seeds", "steps", "set", "grid",
@@ -78,19 +79,19 @@ def build_sweep(file_data: dict, opts: dict) -> SweepConfig:
     check_names(strategies)
     from alray.pool.io import absolute_uri
     pool, val = absolute_uri(pool), absolute_uri(val)
-    loop = LoopConfig(pool_uri=pool, val_uri=val, steps=int(opts.get("steps") or
-                                                            data.get("steps") or 100),
-                      train=TrainConfig(), score=ScoreConfig(num_cpus_per_actor=0.5))
+    loop = LoopConfig(pool_uri=pool, val_uri=val)
     settings = dict(data.get("set") or {})
     settings.update({k: yaml.safe_load(v) for k, v in key_values(opts.get("set", ()),
                                                                       "--set").items()})
+    settings.update(opts.get("overrides") or {})  # options by name win over --set
     loop = shape_model(apply_overrides(loop, settings),
                        settings.get("model.n_classes"))
     grid = {k: tuple(v) for k, v in (data.get("grid") or {}).items()}
     grid.update({k: tuple(yaml.safe_load(x) for x in v.split(","))
                  for k, v in key_values(opts.get("grid", ()), "--grid").items()})
     return SweepConfig(
-        loop=loop, strategies=tuple(strategies),
+        loop=loop, steps=int(opts.get("steps") or data.get("steps") or DEFAULT_STEPS),
+        strategies=tuple(strategies),
         seeds=parse_seeds(opts.get("seeds") or data.get("seeds", "0-4")), grid=grid,
         out=str(Path(opts["out"]).resolve()),
         cpus_per_trial=float(opts.get("cpus_per_trial") or data.get("cpus_per_trial", 1)),

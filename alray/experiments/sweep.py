@@ -64,7 +64,7 @@ def run_trial(params: dict) -> None:
         run = reopen_run(run_dir)
     else:
         config = apply_overrides(sweep.loop, trial_overrides(sweep, params))
-        run = new_run(run_dir, config)
+        run = new_run(run_dir, config, sweep.steps)
 
     reported = []
 
@@ -77,17 +77,17 @@ def run_trial(params: dict) -> None:
         tune.report({k: v for k, v in last_row.items() if isinstance(v, (int, float))})
 
 
-def run_sweep(sweep: SweepConfig, resume: bool = False, address: str | None = None,
+def run_sweep(sweep: SweepConfig, resume: bool = False,
               verbose: int = 1) -> pa.Table:
     """Run the grid (or resume it); returns the curves table, also written to
     ``SWEEP/curves.parquet``."""
     from ray import tune
 
-    from alray.runtime import ensure_ray
+    from alray.runtime import require_ray
 
     out = Path(sweep.out).resolve()
     _check_out(out, sweep, resume)
-    ensure_ray(address)
+    require_ray()
     trainable = tune.with_resources(run_trial, {"cpu": sweep.cpus_per_trial,
                                                 "gpu": sweep.gpus_per_trial})
     path = str(out / EXPERIMENT)

@@ -25,6 +25,7 @@ from alray.loop.state import RunDir, RunState, labels_schema
 from alray.pool.arrays import PostArrays, arrays_from_table
 from alray.pool.normalize import normalize_ids, normalize_table
 from alray.pool.schema import QUERY_COLUMNS
+from alray.seeds import derive_seed
 
 Progress = Callable[[int, int, dict], None]  # (step, last step, metrics row)
 
@@ -39,47 +40,51 @@ class Outcome:
     message: str = ""
 
 
-def step_seed(seed: int, step: int) -> int:
-    """The fine-tuning seed of a step: distinct per step, fixed by the run's seed."""
-    return int(seed) * 1_000_003 + int(step)
-
-
 def run_loop(run: RunDir, compute: ComputeConfig = ComputeConfig(),
              progress: Progress | None = None, steps: int | None = None) -> Outcome:
-    """Run (or resume) ``run`` up to ``steps`` (default: the frozen budget)."""
+    """Run (or resume) ``run`` up to step ``steps`` (default: the run's budget)."""
     from alray.train.service import start_training
 
-    config = run.config
-    last = config.steps if steps is None else steps
+    run.require_writable()  # before any work: a read-only RunDir cannot commit
+    last = run.budget if steps is None else steps
     resources = ({} if compute.train_cpus_per_worker is None
                  else {"cpus_per_worker": compute.train_cpus_per_worker})
     service = start_training(
         local=compute.local, workers=compute.train_workers,
         use_gpu=compute.train_gpus_per_worker > 0, threads=compute.train_threads,
-        storage_path=str((run.path / "ray_train").resolve()), address=compute.address,
-        **resources)
+        storage_path=str((run.path / "ray_train").resolve()), **resources)
     try:
-        session = Session(run, compute, service)
+        session = open_session(run, compute, service)
+        run.set_budget(last)  # a resume without --steps goes on to the extended budget
         return session.advance(last, progress)
     finally:
         service.close()
 
 
+def open_session(run: RunDir, compute: ComputeConfig, service) -> "Session":
+    """A session on ``run`` with its validation rows, committed model and labelled set
+    loaded."""
+    from alray.pool.load import load_rows
+
+    session = Session(run, compute, service, run.read_state())
+    session.val = load_rows(run.config.val_uri, run.config.columns)
+    if session.state.step >= 0:
+        session.load_checkpoint(session.state.checkpoint)
+    session.data = session.load_labelled()
+    return session
+
+
 class Session:
     """One process's work on a run: the labelled set and model kept in memory."""
 
-    def __init__(self, run: RunDir, compute: ComputeConfig, service):
-        from alray.pool.load import load_rows
-
+    def __init__(self, run: RunDir, compute: ComputeConfig, service, state: RunState):
         self.run, self.config, self.compute, self.service = run, run.config, compute, service
         self.dims = dict(self.config.model.modality_dims)
-        self.val = load_rows(self.config.val_uri, self.config.columns)
-        self.state = run.read_state()
+        self.state = state
+        self.val: PostArrays | None = None
+        self.data: PostArrays | None = None
         self.weights, self.train_state = None, None
         self._pool_labelled = None  # assessors: the pool's own labelled ids, read once
-        if self.state.step >= 0:
-            self._load_checkpoint(self.state.checkpoint)
-        self.data = self._load_labelled()
 
     # --- the loop ----------------------------------------------------------------------
     def advance(self, last: int, progress: Progress | None) -> Outcome:
@@ -148,9 +153,8 @@ class Session:
         model = {"architecture": cfg.model.to_dict(), "weights": self.weights}
         queries = score_pool(
             # a fresh step gives every post fresh sampling noise (stochastic acquisition)
-            cfg.pool_uri, model, cfg.score.replace(sampling_step=step), cfg.columns,
-            exclude_ids=self._excluded(), use_ray=not self.compute.local,
-            address=self.compute.address, carry=True)
+            cfg.pool_uri, model, cfg.score, cfg.columns, exclude_ids=self._excluded(),
+            compute=self.compute, step=step, carry=True)
         query = queries[cfg.strategy]
         score_s = time.perf_counter() - started
         sent = query.append_column("step", pa.array([step] * query.num_rows, pa.int64()))
@@ -224,18 +228,17 @@ class Session:
             progress(step, self.last, row)
 
     def _request(self, step: int) -> dict:
+        from alray.train.worker import new_request
+
         cfg = self.config
-        return {"op": "fit" if step == 0 else "fine_tune", "model": cfg.model.to_dict(),
-                "train": cfg.train.to_dict(), "weights": self.weights,
-                "train_state": self.train_state, "data": self.data,
-                "step_seed": step_seed(cfg.seed, step)}
+        return new_request("fit" if step == 0 else "fine_tune", cfg.model, cfg.train,
+                           self.data, self.weights, self.train_state,
+                           derive_seed(cfg.seed, "fine_tune", step))
 
     def _model(self, weights):
-        from alray.model import FusionNet
+        from alray.model.checkpoint import model_from_state
 
-        model = FusionNet(self.config.model)
-        model.load_state_dict(weights)
-        return model.eval()
+        return model_from_state(self.config.model, weights, f"step weights of {self.run.path}")
 
     def _metrics_row(self, step, new_rows, scores, score_s, train_s, eval_s, started) -> dict:
         sources = new_rows.column("source").to_pylist()
@@ -276,7 +279,7 @@ class Session:
         new = pa.Table.from_pylist([row])
         self.run.write_metrics(new if old is None else pa.concat_tables([old, new]))
 
-    def _load_checkpoint(self, checkpoint: str | None) -> None:
+    def load_checkpoint(self, checkpoint: str | None) -> None:
         from alray.model import load_checkpoint, load_train_state
 
         path = self.run.path / (checkpoint or "")
@@ -287,7 +290,7 @@ class Session:
         self.weights = model.state_dict()
         self.train_state = load_train_state(path)
 
-    def _load_labelled(self) -> PostArrays | None:
+    def load_labelled(self) -> PostArrays | None:
         """The labelled set, in the labels table's order (training shuffles positions,
         so the order is part of what makes a resumed step equal an uninterrupted one)."""
         from alray.pool.load import load_rows
@@ -316,4 +319,4 @@ def _in_order(data: PostArrays, ids: list) -> PostArrays:
     return data.take(np.array([position[i] for i in ids], dtype=np.int64))
 
 
-__all__ = ["Outcome", "Session", "run_loop", "step_seed"]
+__all__ = ["Outcome", "Session", "open_session", "run_loop"]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Callable
 
 import numpy as np
 
-from alray.config import LoopConfig, branch_widths_for
+from alray.config import DEFAULT_STEPS, LoopConfig, PoolConfig, branch_widths_for
 from alray.errors import ConfigError, EmptyPoolError, InputWarning, LabelsError, StateError
 from alray.loop.state import RunDir
 from alray.pool import io
@@ -75,23 +76,53 @@ def _warn_unreachable(config: LoopConfig, pool_labels: np.ndarray, val_labels: n
             stacklevel=3)
 
 
-
-
 def fingerprints(config: LoopConfig) -> dict:
     return {"pool": io.fingerprint(config.pool_uri), "val": io.fingerprint(config.val_uri)}
 
 
-def new_run(run_dir: str | os.PathLike, config: LoopConfig) -> RunDir:
+def new_run(run_dir: str | os.PathLike, config: LoopConfig,
+            steps: int = DEFAULT_STEPS) -> RunDir:
     """Check the inputs and create the run directory with the frozen config."""
     check_inputs(config)
-    return RunDir.create(run_dir, config, fingerprints(config))
+    return RunDir.create(run_dir, config, fingerprints(config), steps)
+
+
+def new_config(pool_uri: str, val_uri: str, columns: PoolConfig = PoolConfig(),
+               overrides: dict | None = None) -> LoopConfig:
+    """A new run's config: the model shaped to the pool (its modalities and dims, the
+    class count given as ``model.n_classes`` or inferred), then the dotted
+    ``overrides``."""
+    from alray.config import ModelConfig
+    from alray.pool.schema import infer_dims
+
+    overrides = dict(overrides or {})
+    n_classes = overrides.pop("model.n_classes", None)
+    dims = infer_dims(pool_uri, columns)
+    model = ModelConfig(modality_dims=dims, branch_widths=branch_widths_for(dims))
+    config = LoopConfig(pool_uri=io.absolute_uri(pool_uri), val_uri=io.absolute_uri(val_uri),
+                        columns=columns, model=model)
+    return shape_model(apply_overrides(config, overrides), n_classes)
+
+
+def open_or_create(run_dir: str | os.PathLike, resume: bool | None,
+                   config: Callable[[], LoopConfig], given: dict | None = None,
+                   steps: int | None = None, allow_pool_change: bool = False
+                   ) -> tuple[RunDir, bool]:
+    """The run in ``run_dir``, reopened (``resume`` True, or None and a run is there)
+    with the options ``given`` again checked against the frozen ones, or created from
+    ``config()`` with the step budget ``steps`` (None: the default; a resumed run gets
+    its new budget from ``run_loop``). Returns the run and whether it was resumed."""
+    if resume or (resume is None and RunDir.exists(run_dir)):
+        return reopen_run(run_dir, given, allow_pool_change), True
+    return new_run(run_dir, config(), DEFAULT_STEPS if steps is None else steps), False
 
 
 def reopen_run(run_dir: str | os.PathLike, overrides: dict | None = None,
                allow_pool_change: bool = False) -> RunDir:
     """Open a run to resume it. ``overrides``: options the user gave again (dotted
-    config keys); any that differs from the frozen config is refused."""
-    run = RunDir.open(run_dir)
+    config keys); any that differs from the frozen config is refused. The run is
+    locked by this process (a second writer is refused, naming this one)."""
+    run = RunDir.open(run_dir, write=True)
     if overrides:
         run.check_config(apply_overrides(run.config, overrides))
     changes = _pool_changes(run)

@@ -9,12 +9,12 @@ from alray.model.fusion import Block, FusionNet, FusionOutput, as_tensors
 from alray.model.loss import (
     FUSED, LossOutput, LossPredictor, MultiHeadLoss, per_sample_loss, ranking_loss)
 from alray.model.mc import (
-    MCDropout, dropout_masks, layer_seed, mc_forward_reference, mc_statistics)
+    MCDropout, dropout_masks, mc_forward_reference, mc_statistics)
 
 __all__ = [
     "Block", "FUSED", "FusionNet", "FusionOutput", "LossOutput", "LossPredictor",
     "MCDropout", "MultiHeadLoss", "as_tensors", "check_fits", "dropout_masks",
-    "layer_seed", "load_checkpoint", "load_model", "load_train_state", "mc_forward_reference",
+    "load_checkpoint", "load_model", "load_train_state", "mc_forward_reference",
     "mc_statistics", "model_state", "per_sample_loss", "ranking_loss", "read_model_json",
     "save_checkpoint",
 ]

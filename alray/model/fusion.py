@@ -43,6 +43,11 @@ class Block(nn.Module):
         return self.dropout(h)
 
 
+def head_names_of(config: ModelConfig) -> tuple[str, ...]:
+    """The heads a model of ``config`` has: ``("fused", *modalities)`` or ``("fused",)``."""
+    return (FUSED, *config.modality_dims) if config.heads == "multi" else (FUSED,)
+
+
 def _blocks(in_dim: int, widths, p: float) -> nn.ModuleList:
     dims = (in_dim, *widths)
     return nn.ModuleList(Block(a, b, p) for a, b in zip(dims[:-1], dims[1:]))
@@ -91,7 +96,7 @@ class FusionNet(nn.Module):
     @property
     def head_names(self) -> tuple[str, ...]:
         """``("fused", *modalities)`` for multi heads, ``("fused",)`` otherwise."""
-        return (FUSED, *self.heads.keys())
+        return head_names_of(self.config)
 
     @property
     def hidden_dims(self) -> tuple[int, ...]:

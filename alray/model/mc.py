@@ -16,22 +16,16 @@ So the stochastic part is just matmul + bias + ReLU, with no per-element RNG.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from alray.seeds import derive_seed
 from alray.model.fusion import FUSED, Block, FusionNet, as_tensors, check_inputs
 
 WANTS = ("mean_probs", "mean_entropy", "samples")
-
-
-def layer_seed(seed: int, name: str) -> int:
-    """A stable 63-bit generator seed for one dropout layer (no Python ``hash``)."""
-    digest = hashlib.blake2b(f"{int(seed)}/{name}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def dropout_masks(model: FusionNet, k: int, seed: int) -> dict[str, Tensor]:
@@ -43,7 +37,7 @@ def dropout_masks(model: FusionNet, k: int, seed: int) -> dict[str, Tensor]:
         raise ValueError(f"k must be >= 1, got {k}")
     masks = {}
     for name, block in model.block_names():
-        g = torch.Generator().manual_seed(layer_seed(seed, name))
+        g = torch.Generator().manual_seed(derive_seed(seed, name))
         width = block.linear.out_features
         masks[name] = torch.rand((k, width), generator=g) >= block.dropout.p
     return masks

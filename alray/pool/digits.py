@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from alray import seeds
 from alray.errors import ConfigError
 from alray.pool import io
 from alray.pool.synthetic import fixed_list_array
@@ -29,7 +30,7 @@ def digits_tables(seed: int = 0, val_share: float = 0.2, missing: float = 0.1
     images = digits.images.astype(np.float32) / 16.0           # (n, 8, 8)
     left = images[:, :, :4].reshape(len(images), -1)            # (n, 32)
     right = images[:, :, 4:].reshape(len(images), -1)           # (n, 32)
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, "digits split")
     drop = rng.random(len(images)) < missing
     drop_left = drop & (rng.random(len(images)) < 0.5)
     drop_right = drop & ~drop_left

@@ -10,6 +10,7 @@ from alray.pool import io
 from alray.pool.arrays import PostArrays, arrays_from_table, labels_array
 from alray.pool.normalize import normalize_ids
 from alray.pool.schema import infer_dims
+from alray.seeds import rng
 
 
 def read_ids_and_labels(uri: str, pool: PoolConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +41,7 @@ def draw_labelled(ids: np.ndarray, labels: np.ndarray, n: int, seed: int, uri: s
         raise EmptyPoolError(f"{uri}: {n:,} initial labels asked, the pool has "
                              f"{int(keep.sum()):,} labelled posts")
     order = np.argsort(ids[keep], kind="stable")  # independent of shard order
-    picked = order[np.random.default_rng(seed).choice(len(order), n, replace=False)]
+    picked = order[rng(seed, "initial").choice(len(order), n, replace=False)]
     return ids[keep][picked], labels[keep][picked]
 
 
@@ -169,3 +170,26 @@ def read_ids_file(path: str, id_column: str = "id") -> list:
     if id_column not in table.column_names:
         raise LabelsError(f"{path}: no {id_column!r} column (columns: {table.column_names})")
     return table.column(id_column).drop_null().to_pylist()
+
+
+def load_rows_in_order(uri: str, pool: PoolConfig, ids, labels: dict | None = None
+                       ) -> PostArrays:
+    """The rows of ``ids`` in that order (training shuffles positions, so the order is
+    part of what makes two runs on the same labelled set equal); ``labels`` as
+    ``load_rows``'s."""
+    ids = list(ids)
+    data = load_rows(uri, pool, ids=np.asarray(ids), labels=labels)
+    position = {value: i for i, value in enumerate(data.ids.tolist())}
+    return data.take(np.array([position[i] for i in ids], dtype=np.int64))
+
+
+def infer_class_count(uris, pool: PoolConfig) -> int:
+    """One more than the largest label of the pools at ``uris``; LabelsError when
+    they hold fewer than two classes' worth of labels."""
+    top = -1
+    for uri in uris:
+        top = max(top, int(read_ids_and_labels(uri, pool)[1].max(initial=-1)))
+    if top < 1:
+        raise LabelsError(f"{', '.join(map(str, uris))}: cannot infer the class count from "
+                          "the labels; give --classes")
+    return top + 1

@@ -14,10 +14,54 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from alray.config import GeneratorConfig
+from alray import seeds
+from alray.config import Config, int_problems
 from alray.pool import io
 
 POOL_STREAM, VAL_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class GeneratorConfig(Config):
+    """A study-like synthetic pool; every difficulty knob is explicit (docs/formats.md)."""
+
+    rows: int = 250_000
+    val_rows: int = 20_000
+    classes: int = 50
+    image_dim: int = 1024
+    text_dim: int = 300
+    latent_dim: int = 32
+    imbalance: float = 1.0          # Zipf exponent of the class histogram (0 = balanced)
+    subtopics: int = 4              # sub-clusters inside each class
+    subtopic_spread: float = 1.0    # distance of sub-topics from their class centre
+    class_separation: float = 1.6   # scale of the class centres against unit noise
+    overlap: float = 0.3            # share of classes placed next to another class
+    image_noise: float = 3.4        # modality-specific noise in the latent view (calibrated)
+    text_noise: float = 3.4
+    missing_image: float = 0.15     # share of posts without an image embedding
+    missing_text: float = 0.10      # share of posts without a text embedding
+    label_noise: float = 0.10       # share of labels an assessor gets wrong
+    shard_rows: int = 50_000
+    seed: int = 0
+
+    def _check(self) -> list[str]:
+        problems = int_problems(self, ("rows", "classes", "image_dim", "text_dim",
+                                       "latent_dim", "subtopics", "shard_rows"))
+        problems += int_problems(self, ("val_rows",), minimum=0)
+        if isinstance(self.classes, int) and self.classes < 2:
+            problems.append("classes must be >= 2")
+        for name in ("missing_image", "missing_text", "label_noise", "overlap"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {value!r}")
+        if self.missing_image + self.missing_text >= 1.0:
+            problems.append("missing_image + missing_text must be < 1: every post keeps "
+                            "at least one modality")
+        for name in ("imbalance", "subtopic_spread", "class_separation", "image_noise",
+                     "text_noise"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -30,7 +74,7 @@ class World:
 
 
 def make_world(cfg: GeneratorConfig) -> World:
-    rng = np.random.default_rng([cfg.seed, 2**31 - 1])
+    rng = seeds.rng(cfg.seed, "world")
     ranks = np.arange(1, cfg.classes + 1, dtype=np.float64)
     priors = ranks ** -cfg.imbalance
     priors = priors[rng.permutation(cfg.classes)] / priors.sum()
@@ -52,7 +96,7 @@ def make_world(cfg: GeneratorConfig) -> World:
 def generate_rows(cfg: GeneratorConfig, world: World, stream: int, chunk: int, n: int,
                   first_id: int) -> pa.Table:
     """``n`` posts of one shard, drawn from the seeded stream (seed, stream, chunk)."""
-    rng = np.random.default_rng([cfg.seed, stream, chunk])
+    rng = seeds.rng(cfg.seed, "rows", stream, chunk)
     classes = rng.choice(cfg.classes, size=n, p=world.priors)
     sub = rng.integers(0, cfg.subtopics, size=n)
     latent = world.centres[classes] + world.subtopics[classes, sub] \

@@ -101,7 +101,7 @@ class QueryMerger:
         return table
 
 
-def merge_scores(scores_dir, score: ScoreConfig) -> QueryMerger:
+def merge_scores(scores_dir, score: ScoreConfig, step: int = 0) -> QueryMerger:
     """The exact top-k per strategy of a written ``--scores-out`` directory.
 
     Rank sampling is done here: every score is on hand, so each post's global rank is.
@@ -111,13 +111,13 @@ def merge_scores(scores_dir, score: ScoreConfig) -> QueryMerger:
     tables = (pa.Table.from_batches([batch]) for shard in io.pool_shards(scores_dir)
               for batch in io.iter_batches(shard))
     if score.sampling == "rank":
-        tables = [_rank_keyed(list(tables), score)]
+        tables = [_rank_keyed(list(tables), score, step)]
     for table in tables:
         merger.absorb(table)
     return merger
 
 
-def _rank_keyed(tables: list[pa.Table], score: ScoreConfig) -> pa.Table:
+def _rank_keyed(tables: list[pa.Table], score: ScoreConfig, step: int) -> pa.Table:
     """Every strategy's scores replaced by its rank-sampling keys over the whole pool."""
     if not tables:
         return pa.table({})
@@ -127,7 +127,6 @@ def _rank_keyed(tables: list[pa.Table], score: ScoreConfig) -> pa.Table:
     keys = table.column("score").to_numpy().copy()
     for name in score.strategies:
         rows = strategy == name
-        keys[rows] = rank_keys(keys[rows], ids[rows], score.sampling_beta, score.seed,
-                               score.sampling_step)
+        keys[rows] = rank_keys(keys[rows], ids[rows], score.sampling_beta, score.seed, step)
     return table.set_column(table.schema.get_field_index("score"), "score",
                             pa.array(keys, pa.float64()))

@@ -144,7 +144,58 @@ def _concat(a: Columns | None, b: Columns | None) -> Columns | None:
     return {name: np.concatenate([a[name], b[name]]) for name in a}
 
 
-class TopK:
+class _Kept:
+    """What ``TopK`` and ``BalancedTopK`` share: their kept rows, their size, the merge
+    and the plain-data form. A subclass defines ``_settings`` (its constructor's
+    arguments), ``_absorb`` (rows in) and ``result`` (rows out)."""
+
+    _rows: Columns | None
+
+    def _settings(self) -> dict:
+        raise NotImplementedError
+
+    def _absorb(self, cols: Columns) -> None:
+        raise NotImplementedError
+
+    def _empty_like(self):
+        return type(self)(**self._settings())
+
+    def _name(self) -> str:
+        """``top-3`` or ``balanced top-3 (cap 1)``, for messages."""
+        cap = self._settings().get("cap")
+        return f"top-{self._settings()['k']}" if cap is None else \
+            f"balanced top-{self._settings()['k']} (cap {cap})"
+
+    def __len__(self) -> int:
+        return 0 if self._rows is None else len(self._rows["id"])
+
+    def merge(self, other):
+        """A new one holding the best of both; neither input changes."""
+        if type(other) is not type(self) or other._settings() != self._settings():
+            raise ValueError(f"cannot merge {self._name()} with {other._name()}")
+        merged = self._empty_like()
+        merged._rows = self._rows
+        if other._rows is not None:
+            merged._absorb(other._rows)
+        return merged
+
+    def to_dict(self) -> dict:
+        """Plain data: the settings and ``rows`` (None or {column: array})."""
+        rows = None if self._rows is None else dict(self._rows)
+        return {**self._settings(), "rows": rows}
+
+    @classmethod
+    def from_dict(cls, data: Mapping):
+        """Rebuild from ``to_dict`` output (rows are re-checked and re-sorted)."""
+        top = cls(**{k: int(v) for k, v in data.items() if k != "rows"})
+        rows = data.get("rows")
+        if rows is not None:
+            rows = dict(rows)
+            top.update(rows.pop("id"), rows.pop("score"), rows)
+        return top
+
+
+class TopK(_Kept):
     """The k best rows seen so far, exact, O(k) memory, mergeable in any order.
 
     ``exclude``: ids never to return (e.g. already labelled), sorted once here. It is
@@ -158,8 +209,13 @@ class TopK:
         self._excluded = sorted_ids(exclude) if exclude is not None else None
         self._rows: Columns | None = None  # best first; None until the first update
 
-    def __len__(self) -> int:
-        return 0 if self._rows is None else len(self._rows["id"])
+    def _settings(self) -> dict:
+        return {"k": self.k}
+
+    def _empty_like(self) -> "TopK":
+        top = TopK(self.k)
+        top._excluded = self._excluded
+        return top
 
     def _absorb(self, cols: Columns) -> None:
         if self._excluded is not None:
@@ -174,38 +230,12 @@ class TopK:
             return
         self._absorb(_columns(ids, scores, extra))
 
-    def merge(self, other: "TopK") -> "TopK":
-        """A new TopK holding the best k of both; neither input changes."""
-        if other.k != self.k:
-            raise ValueError(f"cannot merge top-{self.k} with top-{other.k}")
-        merged = TopK(self.k)
-        merged._excluded = self._excluded
-        merged._rows = self._rows
-        if other._rows is not None:
-            merged._absorb(other._rows)
-        return merged
-
     def result(self) -> Columns:
         """Copies of the rows, best first, plus ``rank`` (1 = best), int64."""
         rows = self._rows or {"id": np.zeros(0, np.int64), "score": np.zeros(0)}
         out = {name: values.copy() for name, values in rows.items()}
         out["rank"] = np.arange(1, len(out["id"]) + 1, dtype=np.int64)
         return out
-
-    def to_dict(self) -> dict:
-        """Plain data: ``{"k": int, "rows": None or {column: array}}``."""
-        rows = None if self._rows is None else dict(self._rows)
-        return {"k": self.k, "rows": rows}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "TopK":
-        """Rebuild from ``to_dict`` output (rows are re-checked and re-sorted)."""
-        top = cls(int(data["k"]))
-        rows = data.get("rows")
-        if rows is not None:
-            rows = dict(rows)
-            top.update(rows.pop("id"), rows.pop("score"), rows)
-        return top
 
 
 def merge_all(parts: Iterable, k: int | None = None):
@@ -285,7 +315,7 @@ def select_balanced(ids, scores, k: int, cap: int, extra: Mapping[str, np.ndarra
     return _balanced_candidates(cols, k, cap)
 
 
-class BalancedTopK:
+class BalancedTopK(_Kept):
     """Streaming exact class-balanced top-k (``TopK``'s interface; memory
     O(k + classes x cap) rows). ``extra`` must hold ``predicted_class``."""
 
@@ -295,8 +325,8 @@ class BalancedTopK:
         self.k, self.cap = k, cap
         self._rows: Columns | None = None
 
-    def __len__(self) -> int:
-        return 0 if self._rows is None else len(self._rows["id"])
+    def _settings(self) -> dict:
+        return {"k": self.k, "cap": self.cap}
 
     def update(self, ids, scores, extra: Mapping[str, np.ndarray] | None = None) -> None:
         if len(ids) == 0:
@@ -306,16 +336,6 @@ class BalancedTopK:
     def _absorb(self, cols: Columns) -> None:
         self._rows = _balanced_candidates(_concat(self._rows, cols), self.k, self.cap)
 
-    def merge(self, other: "BalancedTopK") -> "BalancedTopK":
-        if (other.k, other.cap) != (self.k, self.cap):
-            raise ValueError(f"cannot merge balanced top-{self.k} (cap {self.cap}) with "
-                             f"top-{other.k} (cap {other.cap})")
-        merged = BalancedTopK(self.k, self.cap)
-        merged._rows = self._rows
-        if other._rows is not None:
-            merged._absorb(other._rows)
-        return merged
-
     def result(self) -> Columns:
         """The query's rows in query order (rounds, then the fill), plus ``rank``."""
         if self._rows is None:
@@ -323,20 +343,6 @@ class BalancedTopK:
         out = _take(self._rows, _balanced_order(self._rows, self.k, self.cap))
         out["rank"] = np.arange(1, len(out["id"]) + 1, dtype=np.int64)
         return out
-
-    def to_dict(self) -> dict:
-        """Plain data: every kept candidate (more than k rows), for a later merge."""
-        rows = None if self._rows is None else dict(self._rows)
-        return {"k": self.k, "cap": self.cap, "rows": rows}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "BalancedTopK":
-        top = cls(int(data["k"]), int(data["cap"]))
-        rows = data.get("rows")
-        if rows is not None:
-            rows = dict(rows)
-            top.update(rows.pop("id"), rows.pop("score"), rows)
-        return top
 
 
 def new_top(k: int, cap: int = 0) -> "TopK | BalancedTopK":

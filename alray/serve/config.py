@@ -8,24 +8,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from alray.acquisition.registry import ORACLE_NAMES, STRATEGY_NAMES
-from alray.config import PoolConfig, ScoreConfig, _Config
+from alray.config import Config, PoolConfig, ScoreConfig
 
 ID_TYPES = ("int64", "string")
 
 
 @dataclass(frozen=True)
-class ServeConfig(_Config):
+class ServeConfig(Config):
     """checkpoint: the model to start with (None: the run's latest, from state.json).
     run_dir: the loop's run directory; routed posts go to RUN/online/ and a new
-    checkpoint in RUN/state.json is picked up. strategies: the scores returned, the
-    first one routes. route_budget: the share of posts routed to assessors."""
+    checkpoint in RUN/state.json is picked up. score: the scores returned (its
+    strategies; the first one routes), with ``alray score``'s head, MC samples and
+    seed. route_budget: the share of posts routed to assessors."""
 
     checkpoint: str | None = None
     run_dir: str | None = None
-    strategies: tuple[str, ...] = ("margin",)
-    head: str = "fused"
-    mc_samples: int = 20
-    seed: int = 0
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     route_budget: float = 0.02
     top_classes: int = 3
     calibration_pool: str | None = None
@@ -53,7 +51,7 @@ class ServeConfig(_Config):
     max_decoded_mb: float = 256.0    # the size one request's posts may decode to
     checkpoint_root: str | None = None  # /reload loads only below it (None: RUN/checkpoints)
 
-    _NESTED = {"columns": PoolConfig}
+    _NESTED = {"columns": PoolConfig, "score": ScoreConfig}
 
     def _check(self) -> list[str]:
         problems = []
@@ -70,7 +68,7 @@ class ServeConfig(_Config):
                             "have none")
         if not 0.0 < self.route_budget < 1.0:
             problems.append(f"route_budget must be in (0, 1), got {self.route_budget!r}")
-        for name in ("mc_samples", "top_classes", "calibration_rows", "reservoir_size",
+        for name in ("top_classes", "calibration_rows", "reservoir_size",
                      "replicas", "max_batch_requests", "flush_rows"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
@@ -106,17 +104,20 @@ class ServeConfig(_Config):
         return problems
 
     @property
+    def strategies(self) -> tuple[str, ...]:
+        return self.score.strategies
+
+    @property
+    def seed(self) -> int:
+        return self.score.seed
+
+    @property
     def route_strategy(self) -> str:
         return self.strategies[0]
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 2**20)
-
-    def score_config(self) -> ScoreConfig:
-        """The ScoreConfig ``alray score`` would use for the same scores."""
-        return ScoreConfig(strategies=tuple(self.strategies), head=self.head,
-                           mc_samples=self.mc_samples, seed=self.seed)
 
     def autoscaling(self) -> dict | None:
         if self.min_replicas is None:

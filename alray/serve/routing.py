@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from alray import seeds
 from alray.serve.config import ServeConfig
 
 ROUTED_DIR = "online"
@@ -45,7 +46,7 @@ class Reservoir:
         self.size = int(size)
         self.values = np.empty(0, dtype=np.float64)
         self.seen = 0
-        self._rng = np.random.default_rng(seed)
+        self._rng = seeds.rng(seed, "reservoir")
 
     def add(self, scores: np.ndarray) -> None:
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -288,7 +289,7 @@ def calibration_scores(pool_uri: str, model, config: ServeConfig) -> np.ndarray:
     posts of ``pool_uri``: whole row groups drawn at random, then rows among them."""
     from alray.pool import io
 
-    rng = np.random.default_rng(config.seed)
+    rng = seeds.rng(config.seed, "calibration")
     groups = [(shard, g) for shard in io.pool_shards(pool_uri)
               for g in range(io.open_parquet(shard).metadata.num_row_groups)]
     columns = [config.columns.id_column, *config.columns.embedding_columns.values()]

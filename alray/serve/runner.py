@@ -110,21 +110,21 @@ def start_service(config: ServeConfig, token: str | None = None,
     import ray
     from ray import serve
 
-    from alray.runtime import ensure_ray
+    from alray.runtime import require_ray
     from alray.serve.app import ScoringService
     from alray.serve.model import OnlineModel
     from alray.serve.routing import Coordinator, calibration_scores
 
     check_bind(config.host, token)
     config = resolve(config)
-    model = OnlineModel(config.checkpoint, config)  # a bad checkpoint fails here
+    model = OnlineModel.load(config.checkpoint, config)  # a bad checkpoint fails here
     calibration = (calibration_scores(config.calibration_pool, model, config)
                    if config.calibration_pool else None)
     del model
     embedded = not (ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"))
     if check_free_port and embedded:
         check_port(config.host, config.port)  # an embedded Ray: nobody else's Serve
-    ensure_ray(address)
+    require_ray()
     serve.start(http_options={"host": config.host, "port": config.port})
     coordinator = ray.remote(num_cpus=0, max_restarts=COORDINATOR_RESTARTS,
                              max_task_retries=-1)(Coordinator).remote(

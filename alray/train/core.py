@@ -12,7 +12,6 @@ random state is untouched and the same seed gives bitwise-identical weights on C
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -25,6 +24,7 @@ from alray.config import TrainConfig
 from alray.model.fusion import FUSED, FusionNet, as_tensors
 from alray.model.loss import MultiHeadLoss, per_sample_loss, ranking_loss
 from alray.pool.arrays import PostArrays
+from alray.seeds import derive_seed
 
 Progress = Callable[[int, int, float], None]
 
@@ -103,8 +103,8 @@ def fit(model: FusionNet | Trainer, data: PostArrays, train: TrainConfig,
         progress: Progress | None = None) -> list[dict]:
     """Passive phase: ``train.epochs`` epochs from the model's current weights, BN
     updating, seeded by ``train.seed``. Returns one record per epoch (see ``_epoch``)."""
-    trainer = _as_trainer(model, train)
-    return _train(trainer, data, train, train.epochs, train.seed, False, progress)
+    trainer = as_trainer(model, train)
+    return run_epochs(trainer, data, train, train.epochs, train.seed, False, progress)
 
 
 def fine_tune(model: FusionNet | Trainer, data: PostArrays, train: TrainConfig,
@@ -112,12 +112,12 @@ def fine_tune(model: FusionNet | Trainer, data: PostArrays, train: TrainConfig,
     """Active-phase warm start: ``train.fine_tune_epochs`` epochs over the labelled set;
     with ``train.freeze_batchnorm`` every BatchNorm stays in eval mode (running
     statistics untouched, affine still learned) while dropout stays on."""
-    trainer = _as_trainer(model, train)
-    return _train(trainer, data, train, train.fine_tune_epochs, step_seed,
+    trainer = as_trainer(model, train)
+    return run_epochs(trainer, data, train, train.fine_tune_epochs, step_seed,
                   train.freeze_batchnorm, progress)
 
 
-def _as_trainer(model: FusionNet | Trainer, train: TrainConfig) -> Trainer:
+def as_trainer(model: FusionNet | Trainer, train: TrainConfig) -> Trainer:
     if isinstance(model, Trainer):
         if model.loss.weighting != train.loss_weighting:
             raise ValueError(f"the Trainer's loss weighting is {model.loss.weighting!r}, "
@@ -136,12 +136,6 @@ def set_train_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
                 module.eval()
 
 
-def _derive_seed(seed: int, purpose: str) -> int:
-    """Independent streams for shuffling and dropout from one seed."""
-    digest = hashlib.blake2b(f"{int(seed)}/{purpose}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
 def _check_labels(data: PostArrays, n_classes: int, purpose: str = "train") -> None:
     if len(data) == 0:
         raise ValueError(f"no labelled rows to {purpose} on")
@@ -154,7 +148,7 @@ def _check_labels(data: PostArrays, n_classes: int, purpose: str = "train") -> N
                          f"{n_classes} classes")
 
 
-def _train(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: int,
+def run_epochs(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: int,
            seed: int, freeze_bn: bool, progress: Progress | None,
            parallel=None) -> list[dict]:
     """``parallel``: None (one process) or a data-parallel rank with ``shard(idx)``,
@@ -167,10 +161,10 @@ def _train(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: int,
     sizes = epoch_batches(len(data), train.batch_size, train.adaptive_batch)
     device = next(model.parameters()).device
     devices = [device.index or 0] if device.type == "cuda" else []
-    shuffle = torch.Generator().manual_seed(_derive_seed(seed, "shuffle"))
+    shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
     history = []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(_derive_seed(seed, "dropout"))
+        torch.manual_seed(derive_seed(seed, "dropout"))
         set_train_mode(model, freeze_bn)
         try:
             for epoch in range(epochs):

@@ -65,41 +65,49 @@ class RayTraining:
     returned. ``cpus_per_worker``: the CPU reservation of each worker. ``threads``: torch
     threads per worker (None: the node's cores divided by its workers). ``storage_path``:
     where Ray Train keeps its run folder (None: a temporary folder removed on close).
-    ``address``: the Ray cluster (None: join or start the local one).
+    Build it with ``RayTraining.start(...)``: the constructor starts nothing.
     """
 
     def __init__(self, workers: int = 1, use_gpu: bool = False,
                  cpus_per_worker: float = DEFAULT_CPUS_PER_WORKER, threads: int | None = None,
-                 storage_path: str | None = None, address: str | None = None,
-                 start_timeout_s: float = START_TIMEOUT_S):
+                 storage_path: str | None = None, start_timeout_s: float = START_TIMEOUT_S):
         if workers < 1:
             raise AlrayError(f"training workers must be >= 1, got {workers}")
         if cpus_per_worker < 0:
             raise AlrayError(f"CPUs per training worker must be >= 0, got {cpus_per_worker}")
         if threads is not None and threads < 1:
             raise AlrayError(f"torch threads must be >= 1, got {threads}")
-        from alray.runtime import ensure_ray
-
-        ensure_ray(address)
         self.workers, self.use_gpu, self.threads = workers, use_gpu, threads
         self.cpus_per_worker = cpus_per_worker
         self.start_timeout_s = start_timeout_s
-        self._temp = None if storage_path else tempfile.mkdtemp(prefix="alray-train-")
-        self.storage_path = os.path.abspath(storage_path or self._temp)
+        self._storage_path = storage_path
+        self._temp = None
+        self.storage_path = None
         self._group: _Group | None = None
         self.restarts = 0
+
+    @classmethod
+    def start(cls, **options) -> "RayTraining":
+        """A started service (``options``: the constructor's); Ray must be connected."""
+        from alray.runtime import require_ray
+
+        require_ray()
+        service = cls(**options)
+        service._temp = None if service._storage_path else tempfile.mkdtemp(prefix="alray-train-")
+        service.storage_path = os.path.abspath(service._storage_path or service._temp)
         try:
-            self._group = self._start()
+            service._group = service._start()
         except BaseException:
-            self._remove_temp()
+            service._remove_temp()
             raise
+        return service
 
     def run(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Send one request; returns rank 0's reply. A group that died is started again
         once and the request resent (requests are stateless)."""
         group = self._group
         if group is None:
-            raise AlrayError("this training service is closed")
+            raise AlrayError("this training service is not started or already closed")
         try:
             return group.send(request)
         except _GroupDied as exc:
@@ -136,7 +144,7 @@ class RayTraining:
     def _start(self) -> "_Group":
         config = {"workers": self.workers, "use_gpu": self.use_gpu, "threads": self.threads,
                   "cpus_per_worker": self.cpus_per_worker, "storage_path": self.storage_path}
-        return _Group(config, self.start_timeout_s)
+        return _Group(config).launch(self.start_timeout_s)
 
     def __enter__(self) -> "RayTraining":
         return self
@@ -147,12 +155,14 @@ class RayTraining:
 
 def start_training(local: bool, workers: int = 1, use_gpu: bool = False,
                    cpus_per_worker: float = DEFAULT_CPUS_PER_WORKER,
-                   threads: int | None = None, storage_path: str | None = None,
-                   address: str | None = None) -> LocalTraining | RayTraining:
+                   threads: int | None = None, storage_path: str | None = None
+                   ) -> LocalTraining | RayTraining:
     """``LocalTraining`` when ``local``, else a started ``RayTraining``."""
     if local:
         return LocalTraining()
-    return RayTraining(workers, use_gpu, cpus_per_worker, threads, storage_path, address)
+    return RayTraining.start(workers=workers, use_gpu=use_gpu,
+                             cpus_per_worker=cpus_per_worker, threads=threads,
+                             storage_path=storage_path)
 
 
 class _GroupDied(Exception):
@@ -162,20 +172,25 @@ class _GroupDied(Exception):
 class _Group:
     """One ``TorchTrainer.fit()`` serving requests, and its mailbox (driver side)."""
 
-    def __init__(self, config: dict, start_timeout_s: float):
-        import ray
-
+    def __init__(self, config: dict):
+        self.config = config
         self.world = config["workers"]
         # one worker's placement-group bundle, as Ray Train builds it (zeros dropped)
-        self.bundle = {"CPU": float(config["cpus_per_worker"]),
-                       "GPU": 1.0 if config["use_gpu"] else 0.0}
-        self.bundle = {k: v for k, v in self.bundle.items() if v}
+        bundle = {"CPU": float(config["cpus_per_worker"]),
+                  "GPU": 1.0 if config["use_gpu"] else 0.0}
+        self.bundle = {k: v for k, v in bundle.items() if v}
+        self.seq = 0
+
+    def launch(self, start_timeout_s: float) -> "_Group":
+        """Start the run and wait until every rank serves; returns self."""
+        import ray
+
+        config = self.config
         _check_fits(self.world, self.bundle)
         self.groups_before = set(ray.util.placement_group_table())
         self.mailbox = ray.remote(num_cpus=0, max_restarts=0)(Mailbox).remote(self.world)
         launch = ray.remote(num_cpus=0, max_retries=0)(_fit_group)
         self.fit_ref = launch.remote(config, self.mailbox, f"alray-train-{uuid.uuid4().hex[:8]}")
-        self.seq = 0
         ready = self.mailbox.ready.remote()
         done, _ = ray.wait([ready, self.fit_ref], num_returns=1, timeout=start_timeout_s)
         if ready not in done:
@@ -187,6 +202,7 @@ class _Group:
             raise AlrayError(f"the Ray Train worker group ({self.world} worker(s)) did not "
                              f"start: {why}")
         self.pids = ray.get(ready)
+        return self
 
     def send(self, request: Mapping[str, Any]) -> dict[str, Any]:
         import ray

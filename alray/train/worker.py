@@ -34,6 +34,7 @@ import torch
 from alray.config import ModelConfig, TrainConfig
 from alray.model.fusion import FusionNet
 from alray.pool.arrays import PostArrays
+from alray.seeds import derive_seed
 from alray.train import core
 from alray.train.core import Trainer
 
@@ -50,12 +51,13 @@ def new_request(op: str, model: ModelConfig, train: TrainConfig, data: PostArray
 
 
 def run_request(request: Mapping[str, Any], device: str | torch.device = "cpu",
-                parallel: "DataParallel | None" = None) -> dict[str, Any]:
+                parallel: "DataParallel | None" = None, progress=None) -> dict[str, Any]:
     """Build the model and Trainer the request describes, run ``fit`` or ``fine_tune``
     on ``device``, return the new state as CPU tensors (see the module docstring).
 
     ``parallel``: this process's rank in a data-parallel group (each rank gets the same
     request and trains on its slice of every batch); ``None`` is a single process.
+    ``progress(epoch, epochs, loss)`` after each epoch.
     The request is never modified.
     """
     started = time.perf_counter()
@@ -73,8 +75,8 @@ def run_request(request: Mapping[str, Any], device: str | torch.device = "cpu",
         epochs, seed, freeze = train.epochs, train.seed, False
     else:
         epochs, seed, freeze = train.fine_tune_epochs, request["step_seed"], train.freeze_batchnorm
-    trainer = core._as_trainer(trainer, train)
-    history = core._train(trainer, data, train, epochs, seed, freeze, None, parallel)
+    trainer = core.as_trainer(trainer, train)
+    history = core.run_epochs(trainer, data, train, epochs, seed, freeze, progress, parallel)
     return {"weights": _to_cpu(trainer.model.state_dict()),
             "train_state": _to_cpu(trainer.state_dict()),
             "history": history, "seconds": time.perf_counter() - started,
@@ -90,7 +92,7 @@ def warm_up() -> None:
 def _build_trainer(model_cfg: ModelConfig, train: TrainConfig, request: Mapping,
                    device: torch.device) -> Trainer:
     with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG untouched
-        torch.manual_seed(train.seed)
+        torch.manual_seed(derive_seed(train.seed, "init"))
         model = FusionNet(model_cfg)
     if request["weights"] is not None:
         model.load_state_dict(request["weights"])

@@ -32,7 +32,14 @@ OBJECT_STORE = 150 * 2**20
 def start_cluster():
     from ray.cluster_utils import Cluster
 
-    temp = tempfile.mkdtemp(prefix="alray-cluster-")
+    # Cluster writes ray_current_cluster into Ray's default temp folder
+    # ($RAY_TMPDIR/ray) whatever temp_dir it is given, and fails where that folder was
+    # never created (a new machine): this process's default is a folder of its own, made
+    # here, which also keeps other Ray users on the machine from finding this cluster
+    base = tempfile.mkdtemp(prefix="alray-cluster-")
+    os.environ["RAY_TMPDIR"] = base  # the drivers this scenario starts inherit it
+    temp = os.path.join(base, "ray")
+    os.mkdir(temp)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "object_store_memory": OBJECT_STORE,
         "temp_dir": temp, "dashboard_agent_listen_port": free_port(),
@@ -67,7 +74,8 @@ def kill_node(cluster, node) -> None:
 
 def scoring(out: str, pool: str, checkpoint: str) -> None:
     """Remove the node of a scoring actor once a quarter of the rows are scored."""
-    from alray.config import ScoreConfig
+    from alray.config import ComputeConfig, ScoreConfig
+    from alray.runtime import connect
     from alray.scoring.pipeline import score_pool
 
     cluster, workers = start_cluster()
@@ -85,11 +93,12 @@ def scoring(out: str, pool: str, checkpoint: str) -> None:
             seen["killed"], seen["at_rows"], seen["total"] = victim.unique_id, done, total
             kill_node(cluster, victim)
 
-    config = ScoreConfig(strategies=("margin", "bald"), query_size=25, mc_samples=8,
-                         batch_size=50, actors=2, num_cpus_per_actor=0.5)
+    config = ScoreConfig(strategies=("margin", "bald"), query_size=25, mc_samples=8)
+    compute = ComputeConfig(address=cluster.address, score_batch_size=50, score_actors=2,
+                            score_cpus_per_actor=0.5)
+    connect(cluster.address)
     try:
-        queries = score_pool(pool, checkpoint, config, address=cluster.address,
-                             progress=progress)
+        queries = score_pool(pool, checkpoint, config, compute=compute, progress=progress)
         seen["queries"] = {s: t.column("id").to_pylist() for s, t in queries.items()}
         seen["scores"] = {s: t.column("score").to_pylist() for s, t in queries.items()}
     finally:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from alray.config import ScoreConfig
+from alray.config import ComputeConfig, ScoreConfig
 from alray.scoring.pipeline import score_pool
 from tests.conftest import free_port, make_pool_table, pids_mentioning, write_pool
 from tests.unit.test_scorer import build_checkpoint
@@ -39,7 +39,9 @@ def head(tmp_path_factory):
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
         "runtime-env-agent-port", "node-manager-port", "object-manager-port",
         "ray-client-server-port")]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # token authentication on explicitly: `ray start` turns it on by itself only where
+    # a token already exists (tests/conftest.py gives the session a token of its own)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     log = open(temp / "ray-start.log", "w")
     proc = subprocess.Popen(
@@ -60,11 +62,14 @@ def head(tmp_path_factory):
 
 
 def token_header() -> dict:
-    """The bearer token `ray start` uses (Ray 2.60 writes it once per user); passed
-    explicitly because Ray reads RAY_AUTH_MODE once per process."""
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH", os.path.expanduser("~/.ray/auth_token"))
-    with open(path) as f:
-        return {"Authorization": f"Bearer {f.read().strip()}"}
+    """The bearer token `ray start` uses (the session's own, see tests/conftest.py);
+    passed explicitly because Ray reads RAY_AUTH_MODE once per process."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH", os.path.expanduser("~/.ray/auth_token"))
+        with open(path) as f:
+            token = f.read()
+    return {"Authorization": f"Bearer {token.strip()}"}
 
 
 def _wait_for_job_server(url: str, proc: subprocess.Popen, log_path):
@@ -130,7 +135,7 @@ def test_score_job_round_trip_through_the_jobs_api(head, tmp_path):
     job_id = submit(
         client, entrypoint=f"{sys.executable} jobs/score_pool.py --pool {pool} --checkpoint {ckpt} "
                    f"--strategy margin,bald --query-size 7 --mc-samples 4 --actors 1 "
-                   f"--batch-size 50 --out {out}",
+                   f"--score-batch-size 50 --out {out}",
         runtime_env={"working_dir": REPO, "excludes": ["data/", "tests/", "docs/", "bench/"],
                      "env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
     status = _wait_for_job(client, job_id)
@@ -138,8 +143,8 @@ def test_score_job_round_trip_through_the_jobs_api(head, tmp_path):
     assert status.value == "SUCCEEDED", logs[-3000:]
     query = pq.read_table(out)
     expected = score_pool(pool, ckpt, ScoreConfig(strategies=("margin", "bald"), query_size=7,
-                                                  mc_samples=4, batch_size=50),
-                          use_ray=False)
+                                                  mc_samples=4),
+                          compute=ComputeConfig(local=True, score_batch_size=50))
     for strategy, table in expected.items():
         got = query.filter(pc.equal(query.column("strategy"), strategy))
         assert got.column("id").to_pylist() == table.column("id").to_pylist()

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 
-PROBE = ("from alray.runtime import ensure_ray; ensure_ray(); import ray; "
+PROBE = ("from alray.runtime import connect; connect(); import ray; "
          "print(ray.get_runtime_context().gcs_address)")
 
 

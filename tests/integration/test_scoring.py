@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from alray.cli import main
-from alray.config import ScoreConfig
+from alray.config import ComputeConfig, ScoreConfig
 from alray.errors import AlrayError
 from alray.pool import io
 from alray.pool.schema import QUERY_COLUMNS
@@ -32,17 +32,20 @@ def pool3(tmp_path):
     return write_pool(tmp_path / "pool", tables)
 
 
+LOCAL = ComputeConfig(local=True, score_batch_size=32)
+RAY = ComputeConfig(score_batch_size=32, score_actors=1, score_cpus_per_actor=0.5)
+
+
 def _config(**kw):
-    base = dict(strategies=STRATS, query_size=15, mc_samples=4, batch_size=32, actors=1,
-                num_cpus_per_actor=0.5)
+    base = dict(strategies=STRATS, query_size=15, mc_samples=4)
     base.update(kw)
     return ScoreConfig(**base)
 
 
 def test_ray_path_equals_local_path(ray_session, pool3, checkpoint):
     exclude = list(range(0, 40)) + [500, 1001]
-    local = score_pool(pool3, checkpoint, _config(), exclude_ids=exclude, use_ray=False)
-    remote = score_pool(pool3, checkpoint, _config(), exclude_ids=exclude, use_ray=True)
+    local = score_pool(pool3, checkpoint, _config(), exclude_ids=exclude, compute=LOCAL)
+    remote = score_pool(pool3, checkpoint, _config(), exclude_ids=exclude, compute=RAY)
     for name in STRATS:
         a, b = local[name], remote[name]
         assert b.num_rows == 15
@@ -54,9 +57,11 @@ def test_ray_path_equals_local_path(ray_session, pool3, checkpoint):
 
 
 def test_ray_path_equals_local_path_on_a_candidate_subset(ray_session, pool3, checkpoint):
-    cfg = _config(candidates=50, sampling_step=2, batch_size=17)
-    local = score_pool(pool3, checkpoint, cfg, exclude_ids=[0, 1, 2], use_ray=False)
-    remote = score_pool(pool3, checkpoint, cfg, exclude_ids=[0, 1, 2], use_ray=True)
+    cfg = _config(candidates=50)
+    local = score_pool(pool3, checkpoint, cfg, exclude_ids=[0, 1, 2], step=2,
+                       compute=LOCAL.replace(score_batch_size=17))
+    remote = score_pool(pool3, checkpoint, cfg, exclude_ids=[0, 1, 2], step=2,
+                        compute=RAY.replace(score_batch_size=17))
     for name in STRATS:
         assert local[name].column("id").to_pylist() == remote[name].column("id").to_pylist()
 
@@ -70,8 +75,8 @@ def test_actors_need_no_checkpoint_on_disk(ray_session, pool3, checkpoint, tmp_p
     copy = shutil.copytree(checkpoint, tmp_path / "gone")
     state = model_state(load_model(copy)[0])
     shutil.rmtree(copy)
-    remote = score_pool(pool3, state, _config(), use_ray=True)
-    local = score_pool(pool3, checkpoint, _config(), use_ray=False)
+    remote = score_pool(pool3, state, _config(), compute=RAY)
+    local = score_pool(pool3, checkpoint, _config(), compute=LOCAL)
     for name in STRATS:
         assert remote[name].column("id").to_pylist() == local[name].column("id").to_pylist()
 
@@ -81,9 +86,9 @@ def test_ray_path_object_store_exclude(ray_session, pool3, checkpoint, monkeypat
     monkeypatch.setattr(pipeline, "PUT_THRESHOLD", 5)  # force ray.put of the ids
     exclude = list(range(0, 60))
     local = score_pool(pool3, checkpoint, _config(strategies=("margin",)),
-                       exclude_ids=exclude, use_ray=False)
+                       exclude_ids=exclude, compute=LOCAL)
     remote = score_pool(pool3, checkpoint, _config(strategies=("margin",)),
-                        exclude_ids=exclude, use_ray=True)
+                        exclude_ids=exclude, compute=RAY)
     assert local["margin"].column("id").to_pylist() == remote["margin"].column("id").to_pylist()
 
 
@@ -104,7 +109,7 @@ def test_corrupt_middle_shard_pages(ray_session, pool3, checkpoint, tmp_path, us
     _corrupt_embedding_pages(middle)
     out = tmp_path / "query.parquet"
     with pytest.raises(AlrayError, match="part-00001.parquet") as info:
-        tables = score_pool(pool3, checkpoint, _config(), use_ray=use_ray)
+        tables = score_pool(pool3, checkpoint, _config(), compute=RAY if use_ray else LOCAL)
         write_query(tables, str(out))
     assert not out.exists()
     assert "Traceback" not in str(info.value)  # a clean message, not Ray's traceback
@@ -129,7 +134,7 @@ def test_cli_score_local(pool3, checkpoint, tmp_path):
     result = CliRunner().invoke(main, [
         "score", "--pool", pool3, "--checkpoint", checkpoint, "--strategy", "margin,bald",
         "--query-size", "7", "--exclude", str(labels), "--out", str(out),
-        "--mc-samples", "4", "--batch-size", "50", "--local", "--step", "2"])
+        "--mc-samples", "4", "--score-batch-size", "50", "--local", "--step", "2"])
     assert result.exit_code == 0, result.output
     assert "== margin" in result.output and "== bald" in result.output
     query = io.read_table(str(out))
@@ -138,7 +143,7 @@ def test_cli_score_local(pool3, checkpoint, tmp_path):
     assert not {0, 1, 501} & set(query.column("id").to_pylist())
     expected = score_pool(pool3, checkpoint,
                           _config(strategies=("margin", "bald"), query_size=7),
-                          exclude_ids=[0, 1, 501], use_ray=False)
+                          exclude_ids=[0, 1, 501], compute=LOCAL)
     assert (query.filter(pc.equal(query.column("strategy"), "margin")).column("id").to_pylist()
             == expected["margin"].column("id").to_pylist())
 
@@ -157,9 +162,10 @@ def test_scores_out_holds_every_candidate_and_gives_the_same_query(ray_session, 
                                                                     use_ray):
     exclude = list(range(0, 30))
     cfg = _config(strategies=("margin", "entropy"))
-    plain = score_pool(pool3, checkpoint, cfg, exclude_ids=exclude, use_ray=False)
+    plain = score_pool(pool3, checkpoint, cfg, exclude_ids=exclude, compute=LOCAL)
     out = tmp_path / "scores"
-    with_scores = score_pool(pool3, checkpoint, cfg, exclude_ids=exclude, use_ray=use_ray,
+    with_scores = score_pool(pool3, checkpoint, cfg, exclude_ids=exclude,
+                             compute=RAY if use_ray else LOCAL,
                              scores_out=str(out))
     scores = io.read_table(str(out))
     assert scores.num_rows == 2 * (240 - 30)  # every candidate, once per strategy
@@ -176,7 +182,7 @@ def test_ray_path_reports_progress_while_scoring(ray_session, tmp_path, checkpoi
     pool = write_pool(tmp_path / "pool", [make_pool_table(40, seed=i, first_id=100 * i)
                                           for i in range(12)])
     seen = []
-    score_pool(pool, checkpoint, _config(strategies=("bald",), mc_samples=20), use_ray=True,
+    score_pool(pool, checkpoint, _config(strategies=("bald",), mc_samples=20), compute=RAY,
                progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (480, 480)
     during = [done for done, _ in seen[:-1]]

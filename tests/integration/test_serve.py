@@ -47,7 +47,7 @@ def service(ray_session, run_dir, tmp_path_factory):
     from alray.serve.config import ServeConfig
     from alray.serve.runner import start_service
 
-    config = ServeConfig(run_dir=str(run_dir), strategies=STRATS, mc_samples=4,
+    config = ServeConfig(run_dir=str(run_dir), score=ScoreConfig(strategies=STRATS, mc_samples=4),
                          route_budget=0.05, calibration_pool=str(run_dir.parent / "pool"),
                          warmup_posts=50, port=free_port(), poll_s=0.5, flush_s=0.5,
                          max_body_mb=0.25, num_cpus=0.5, replicas=2,
@@ -91,7 +91,10 @@ def batch_reference(checkpoint: str, table: pa.Table) -> dict:
     from alray.scoring.scorer import BatchScorer
     from alray.serve.model import checkpoint_dims
 
-    scorer = BatchScorer(checkpoint, ScoreConfig(strategies=STRATS, mc_samples=4).to_dict(),
+    from alray.model import load_model, model_state
+
+    scorer = BatchScorer(model_state(load_model(checkpoint)[0]),
+                         ScoreConfig(strategies=STRATS, mc_samples=4).to_dict(),
                          PoolConfig().to_dict(), checkpoint_dims(checkpoint), keep_all=True)
     out = {}
     for row in scorer(table).to_pylist():
@@ -340,6 +343,21 @@ def test_a_coordinator_crash_fails_no_later_request_and_loses_no_routed_post(ser
     assert set(routed_ids) <= set(written.column("id").to_pylist())
     after = requests.get(f"{service.url}/info", headers=AUTH, timeout=30).json()
     assert after["model_version"] >= version  # versions never go back
+
+
+def test_a_failed_report_is_dropped_not_awaited_by_every_later_batch():
+    import asyncio
+
+    from alray.serve.app import ScoringService
+
+    async def failed():
+        raise RuntimeError("the coordinator died")
+
+    replica = object.__new__(ScoringService)  # only the report bookkeeping is exercised
+    replica.replica_id, replica.threshold = "r", 0.25
+    replica._pending = failed()
+    for _ in range(3):  # every later batch routes with the last threshold
+        assert asyncio.run(replica._current_threshold()) == 0.25
 
 
 def test_no_token_beyond_loopback_is_refused(tmp_path):

@@ -39,14 +39,13 @@ def test_shipped_config_parses(config, tmp_path):
     assert data["description"] and data["smoke"]
     check_names(data["strategies"])
     # full size, every option checked, without the real pool
-    loop = apply_overrides(LoopConfig(pool_uri="p", val_uri="v", steps=data["steps"]),
-                           data.get("set") or {})
-    full = SweepConfig(loop=loop, strategies=tuple(data["strategies"]),
+    loop = apply_overrides(LoopConfig(pool_uri="p", val_uri="v"), data.get("set") or {})
+    full = SweepConfig(loop=loop, steps=data["steps"], strategies=tuple(data["strategies"]),
                        seeds=parse_seeds(data["seeds"]), out=str(tmp_path),
                        grid={k: tuple(v) for k, v in (data.get("grid") or {}).items()})
     assert full.seeds == tuple(data["seeds"]) and full.loop.initial == data["set"]["initial"]
     smoke = build_sweep(data, {"out": str(tmp_path), "smoke": True})
-    assert smoke.loop.steps == data["smoke"].get("steps", 3) and len(smoke.seeds) >= 2
+    assert smoke.steps == data["smoke"].get("steps", 3) and len(smoke.seeds) >= 2
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: Path(c).stem)
@@ -57,7 +56,7 @@ def test_smoke_sweep_and_report(config, tmp_path, ray_session):
     sweep = build_sweep(read_experiment(config), {"out": str(out), "smoke": True})
     curves = run_sweep(sweep, verbose=0)
     points = grid_points(sweep)
-    assert curves.num_rows == len(points) * (sweep.loop.steps + 1)
+    assert curves.num_rows == len(points) * (sweep.steps + 1)
     # paired design: for a seed, every strategy starts from the same labelled set
     for seed in sweep.seeds:
         initial = {frozenset(pq.read_table(out / "runs" / trial_name(sweep, p) /
@@ -86,7 +85,7 @@ def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, ray
     before = {name: (out / "runs" / name / "metrics.parquet").stat().st_mtime_ns
               for name in finished}
     curves = run_sweep(sweep, resume=True, verbose=0)
-    assert curves.num_rows == len(grid_points(sweep)) * (sweep.loop.steps + 1)
+    assert curves.num_rows == len(grid_points(sweep)) * (sweep.steps + 1)
     after = {name: (out / "runs" / name / "metrics.parquet").stat().st_mtime_ns
              for name in finished}
     assert after == before

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from alray.config import ScoreConfig
+from alray.config import ComputeConfig, ScoreConfig
 from alray.errors import AlrayError
 from alray.scoring.pipeline import score_pool
 from alray.train.service import LocalTraining, RayTraining
@@ -37,7 +37,7 @@ def _catch(fn, arg, errors: list) -> None:
 
 @pytest.fixture(scope="module")
 def service(ray_session, tmp_path_factory):
-    with RayTraining(workers=1, threads=1,
+    with RayTraining.start(workers=1, threads=1,
                      storage_path=str(tmp_path_factory.mktemp("train"))) as svc:
         yield svc
 
@@ -71,9 +71,9 @@ def test_scoring_runs_beside_an_idle_training_worker(service, tmp_path):
     pool = write_pool(tmp_path / "pool", [make_pool_table(60, seed=20 + i, first_id=100 * i)
                                           for i in range(2)])
     checkpoint = build_checkpoint(tmp_path / "ckpt")
-    config = ScoreConfig(strategies=("margin",), query_size=5, batch_size=32,
-                         num_cpus_per_actor=0.5)
-    query = score_pool(pool, checkpoint, config, use_ray=True)
+    config = ScoreConfig(strategies=("margin",), query_size=5)
+    query = score_pool(pool, checkpoint, config,
+                       compute=ComputeConfig(score_batch_size=32, score_cpus_per_actor=0.5))
     assert query["margin"].num_rows == 5
     assert service.run(new_request("fit", SMALL, TRAIN.replace(epochs=1), make_data()))
 
@@ -92,7 +92,7 @@ def test_two_data_parallel_workers_learn_and_close_leaves_no_actor(ray_session, 
     before = live_actors()
     data = make_data(400, seed=5)
     train = TRAIN.replace(epochs=8, batch_size=64)
-    with RayTraining(workers=2, cpus_per_worker=0.5, threads=1,
+    with RayTraining.start(workers=2, cpus_per_worker=0.5, threads=1,
                      storage_path=str(tmp_path)) as svc:
         assert len(set(svc._group.pids)) == 2
         reply = svc.run(new_request("fit", SMALL, train, data))
@@ -130,7 +130,7 @@ def test_two_data_parallel_workers_learn_and_close_leaves_no_actor(ray_session, 
 def test_a_group_the_cluster_cannot_hold_fails_at_once(ray_session):
     started = time.monotonic()
     with pytest.raises(AlrayError, match="need 3 CPU; the Ray cluster has 2"):
-        RayTraining(workers=3, cpus_per_worker=1.0)
+        RayTraining.start(workers=3, cpus_per_worker=1.0)
     with pytest.raises(AlrayError, match="GPU"):
-        RayTraining(use_gpu=True)
+        RayTraining.start(use_gpu=True)
     assert time.monotonic() - started < 5

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from alray.config import GeneratorConfig, ModelConfig, PoolConfig, ScoreConfig, TrainConfig
+from alray.config import ModelConfig, PoolConfig, ScoreConfig, TrainConfig
+from alray.pool.synthetic import GeneratorConfig
 from alray.errors import ConfigError
 
 

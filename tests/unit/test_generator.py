@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from alray.cli import main
-from alray.config import GeneratorConfig
+from alray.pool.synthetic import GeneratorConfig
 from alray.errors import ConfigError
 from alray.pool import io
 from alray.pool.synthetic import generate_pool

@@ -92,8 +92,7 @@ def test_crash_at_every_write_then_resume(pools, reference, tmp_path, monkeypatc
     from alray.config import ComputeConfig
     from alray.loop import state as state_module
     from alray.loop.run import run_loop
-    from alray.loop.setup import new_run, reopen_run, shape_model
-    from alray.cli.loop import new_config
+    from alray.loop.setup import new_config, new_run, reopen_run
     from alray.pool import io
 
     writes = {"n": 0, "crash_at": None}
@@ -124,22 +123,22 @@ def test_crash_at_every_write_then_resume(pools, reference, tmp_path, monkeypatc
     monkeypatch.setattr(checkpoint_module, "_swap_in", swap_then_maybe_crash)
 
     steps = 4
-    params = {"pool": pools[0], "val": pools[1], "initial": 40, "query_size": 5,
-              "epochs": 3, "classes": 5, "seed": 3, "steps": steps}
-    config = shape_model(new_config(_defaults(params)), 5)
+    config = new_config(pools[0], pools[1], overrides={
+        "initial": 40, "score.query_size": 5, "train.epochs": 3, "model.n_classes": 5,
+        "seed": 3, "train.seed": 3, "score.seed": 3})
     compute = ComputeConfig(local=True)
     crashes = 0
     for crash_at in range(1, 100):
         run_dir = tmp_path / f"run-{crash_at}"
         writes.update(n=0, crash_at=crash_at)
         try:
-            run_loop(new_run(run_dir, config), compute)
+            run_loop(new_run(run_dir, config, steps), compute)
         except Crash:
             crashes += 1
         else:
             break  # past the last write: every write point has been crashed at
         writes["crash_at"] = None
-        run = reopen_run(run_dir) if (run_dir / "run.json").exists() else new_run(run_dir, config)
+        run = reopen_run(run_dir) if (run_dir / "run.json").exists() else new_run(run_dir, config, steps)
         run_loop(run, compute)
         labels, metrics = results(run_dir)
         expected_labels = reference[0].slice(0, labels.num_rows)
@@ -147,15 +146,6 @@ def test_crash_at_every_write_then_resume(pools, reference, tmp_path, monkeypatc
         assert labels.equals(expected_labels), f"crash at write {crash_at}"
         assert metrics.equals(reference[1].slice(0, steps + 1)), f"crash at write {crash_at}"
     assert crashes == 2 + 4 + 5 * steps  # create: 2; step 0: 4; each step: 5 writes
-
-
-def _defaults(given: dict) -> dict:
-    """The ``alray loop`` parameters with their defaults, as the CLI would pass them."""
-    from alray.cli.loop import loop
-    ctx = loop.make_context("loop", ["--run-dir", "unused"])
-    params = dict(ctx.params)
-    params.update(given)
-    return params
 
 
 def test_resubmitted_job_resumes_its_run_directory(pools, reference, tmp_path):

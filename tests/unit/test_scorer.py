@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from alray.acquisition import compute_scores
-from alray.config import ModelConfig, PoolConfig, ScoreConfig, TrainConfig
+from alray.config import ComputeConfig, ModelConfig, PoolConfig, ScoreConfig, TrainConfig
 from alray.errors import CheckpointError, ConfigError, LabelsError, PoolExhaustedError
 from alray.pool import io
 from alray.pool.arrays import arrays_from_table
@@ -18,6 +18,12 @@ from alray.pool.schema import QUERY_COLUMNS
 from tests.conftest import make_pool_table, write_pool
 
 DIMS = {"image": 8, "text": 4}
+LOCAL = ComputeConfig(local=True)
+
+
+def state_of(checkpoint):
+    from alray.model import load_model, model_state
+    return model_state(load_model(checkpoint)[0])
 
 
 def build_checkpoint(path, dims=DIMS, seed=0):
@@ -60,7 +66,8 @@ def reference_query(pool_uri, checkpoint, score: ScoreConfig, exclude=()):
     for name in score.strategies:
         s = compute_scores(name, inputs)
         order = np.lexsort((data.ids, -s))[:score.query_size]
-        out[name] = (data.ids[order], s[order], probs.argmax(1)[order])
+        out[name] = (data.ids[order], s[order], probs.argmax(1)[order],
+                     probs.max(1)[order])
     return out
 
 
@@ -79,9 +86,10 @@ STRATS = ("margin", "entropy", "bald", "random", "ideal_loss")
 
 
 def test_local_path_matches_brute_force(pool3, checkpoint):
-    score = ScoreConfig(strategies=STRATS, query_size=10, mc_samples=4, batch_size=16)
+    score = ScoreConfig(strategies=STRATS, query_size=10, mc_samples=4)
     exclude = [7, 8, 1010, 2020, 2007]
-    tables = score_pool(pool3, checkpoint, score, exclude_ids=exclude, use_ray=False)
+    tables = score_pool(pool3, checkpoint, score, exclude_ids=exclude,
+                        compute=LOCAL.replace(score_batch_size=16))
     ref = reference_query(pool3, checkpoint, score, exclude)
     assert list(tables) == list(STRATS)
     for name, table in tables.items():
@@ -94,20 +102,21 @@ def test_local_path_matches_brute_force(pool3, checkpoint):
         assert np.all(np.diff(scores) <= 0), name
         assert table.column("rank").to_pylist() == list(range(1, 11))
         assert set(table.column("strategy").to_pylist()) == {name}
-        ref_ids, ref_scores, ref_cls = ref[name]
+        ref_ids, ref_scores, ref_cls, ref_prob = ref[name]
         np.testing.assert_array_equal(ids, ref_ids, err_msg=name)
         np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(table.column("predicted_class").to_numpy(), ref_cls)
+        # the predicted class's own probability: at least 1/classes, as brute force
         prob = table.column("predicted_prob").to_numpy()
-        assert np.all((prob > 0) & (prob <= 1))
+        assert np.all(prob >= 1 / 5 - 1e-9)
+        np.testing.assert_allclose(prob, ref_prob, rtol=1e-5, atol=1e-6)
 
 
 def test_batch_size_does_not_change_query(pool3, checkpoint):
     results = []
     for b in (7, 1000):
-        score = ScoreConfig(strategies=("margin", "bald"), query_size=12, mc_samples=4,
-                            batch_size=b)
-        tables = score_pool(pool3, checkpoint, score, use_ray=False)
+        score = ScoreConfig(strategies=("margin", "bald"), query_size=12, mc_samples=4)
+        tables = score_pool(pool3, checkpoint, score, compute=LOCAL.replace(score_batch_size=b))
         results.append({k: t.column("id").to_pylist() for k, t in tables.items()})
     assert results[0] == results[1]
 
@@ -117,48 +126,54 @@ def test_batch_size_does_not_change_query(pool3, checkpoint):
 def test_random_alone_runs_the_model_on_its_query_only_and_gives_the_same_query(
         pool3, checkpoint, options):
     # random alone takes the model-free path; beside margin, the one-pass path
-    alone = ScoreConfig(strategies=("random",), query_size=10, batch_size=16, **options)
+    alone = ScoreConfig(strategies=("random",), query_size=10, **options)
     both = alone.replace(strategies=("random", "margin"))
-    with_margin = score_pool(pool3, checkpoint, both, use_ray=False)["random"]
+    compute = LOCAL.replace(score_batch_size=16)
+    with_margin = score_pool(pool3, checkpoint, both, compute=compute)["random"]
     assert with_margin.num_rows == 10
-    assert score_pool(pool3, checkpoint, alone, use_ray=False)["random"].equals(with_margin)
-    scorer = BatchScorer(checkpoint, alone.to_dict(), PoolConfig().to_dict(), DIMS)
+    only = score_pool(pool3, checkpoint, alone, compute=compute)["random"]
+    # the same rows, ranks and classes; the probability to float32 rounding (torch's
+    # kernels round differently for a batch of other rows)
+    assert only.drop_columns(["predicted_prob"]).equals(with_margin.drop_columns(["predicted_prob"]))
+    np.testing.assert_allclose(only.column("predicted_prob").to_numpy(),
+                               with_margin.column("predicted_prob").to_numpy(), rtol=1e-6)
+    scorer = BatchScorer(state_of(checkpoint), alone.to_dict(), PoolConfig().to_dict(), DIMS)
     assert scorer.model_free
-    assert not BatchScorer(checkpoint, both.to_dict(), PoolConfig().to_dict(),
+    assert not BatchScorer(state_of(checkpoint), both.to_dict(), PoolConfig().to_dict(),
                            DIMS).model_free
 
 
 def test_query_size_too_large(pool3, checkpoint):
     score = ScoreConfig(strategies=("margin",), query_size=178)
     with pytest.raises(PoolExhaustedError) as info:
-        score_pool(pool3, checkpoint, score, exclude_ids=[7, 8, 9, 123456], use_ray=False)
+        score_pool(pool3, checkpoint, score, exclude_ids=[7, 8, 9, 123456], compute=LOCAL)
     assert "178" in str(info.value) and "177" in str(info.value)
     # exactly the candidates left is fine
     tables = score_pool(pool3, checkpoint, score.replace(query_size=177),
-                        exclude_ids=[7, 8, 9, 123456], use_ray=False)
+                        exclude_ids=[7, 8, 9, 123456], compute=LOCAL)
     assert tables["margin"].num_rows == 177
 
 
 def test_unknown_strategy(pool3, checkpoint):
     with pytest.raises(ConfigError, match="nope"):
         score_pool(pool3, checkpoint, ScoreConfig(strategies=("margin", "nope")),
-                   use_ray=False)
+                   compute=LOCAL)
 
 
 def test_dims_mismatch(tmp_path, checkpoint):
     pool = write_pool(tmp_path / "p", [make_pool_table(30, image_dim=6)])
     with pytest.raises(CheckpointError, match="dim"):
-        score_pool(pool, checkpoint, ScoreConfig(), use_ray=False)
+        score_pool(pool, checkpoint, ScoreConfig(), compute=LOCAL)
 
 
 def test_oracle_on_unlabelled_pool(tmp_path, checkpoint):
     pool = write_pool(tmp_path / "p", [make_pool_table(30, labelled=False)])
     with pytest.raises(LabelsError, match="ideal_loss"):
         score_pool(pool, checkpoint, ScoreConfig(strategies=("margin", "ideal_loss")),
-                   use_ray=False)
+                   compute=LOCAL)
     # non-oracle strategies are fine on an unlabelled pool
     tables = score_pool(pool, checkpoint, ScoreConfig(strategies=("margin",), query_size=5),
-                        use_ray=False)
+                        compute=LOCAL)
     assert tables["margin"].num_rows == 5
 
 
@@ -166,7 +181,7 @@ def test_batch_scorer_output_and_empty_schema(pool3, checkpoint):
     score = ScoreConfig(strategies=("margin", "entropy"), query_size=3)
     table = io.read_table(pool3)
     ids = table.column("id").to_numpy()
-    scorer = BatchScorer(checkpoint, score.to_dict(), PoolConfig().to_dict(), DIMS,
+    scorer = BatchScorer(state_of(checkpoint), score.to_dict(), PoolConfig().to_dict(), DIMS,
                          exclude=np.sort(ids[:5]), num_threads=1)
     out = scorer(table.slice(0, 20))
     assert out.column_names == ["strategy", "id", "score", "predicted_class",
@@ -179,7 +194,7 @@ def test_batch_scorer_output_and_empty_schema(pool3, checkpoint):
 
 def test_write_query(tmp_path, pool3, checkpoint):
     score = ScoreConfig(strategies=("margin", "entropy"), query_size=4)
-    tables = score_pool(pool3, checkpoint, score, use_ray=False)
+    tables = score_pool(pool3, checkpoint, score, compute=LOCAL)
     out = tmp_path / "q" / "query.parquet"
     write_query(tables, str(out), step=3)
     written = io.read_table(str(out))

@@ -44,8 +44,10 @@ def same(a: dict, b: dict) -> bool:
 
 
 def seeded_model(seed: int) -> FusionNet:
+    from alray.seeds import derive_seed
+
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(derive_seed(seed, "init"))  # the worker's initialisation stream
         return FusionNet(SMALL)
 
 
