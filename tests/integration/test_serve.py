@@ -360,6 +360,21 @@ def test_a_failed_report_is_dropped_not_awaited_by_every_later_batch():
         assert asyncio.run(replica._current_threshold()) == 0.25
 
 
+def test_a_failed_report_is_dropped_not_awaited_by_every_later_batch():
+    import asyncio
+
+    from alray.serve.app import ScoringService
+
+    async def failed():
+        raise RuntimeError("the coordinator died")
+
+    replica = object.__new__(ScoringService)  # only the report bookkeeping is exercised
+    replica.replica_id, replica.threshold, replica._stop = "r", 0.25, threading.Event()
+    replica._pending = failed()
+    for _ in range(3):  # every later batch routes with the last threshold
+        assert asyncio.run(replica._current_threshold()) == 0.25
+
+
 def test_no_token_beyond_loopback_is_refused(tmp_path):
     out = CliRunner().invoke(main, ["serve", "--checkpoint", "x", "--host", "0.0.0.0"])
     assert out.exit_code == 2 and "without a token" in out.output
