@@ -354,21 +354,6 @@ def test_a_failed_report_is_dropped_not_awaited_by_every_later_batch():
         raise RuntimeError("the coordinator died")
 
     replica = object.__new__(ScoringService)  # only the report bookkeeping is exercised
-    replica.replica_id, replica.threshold = "r", 0.25
-    replica._pending = failed()
-    for _ in range(3):  # every later batch routes with the last threshold
-        assert asyncio.run(replica._current_threshold()) == 0.25
-
-
-def test_a_failed_report_is_dropped_not_awaited_by_every_later_batch():
-    import asyncio
-
-    from alray.serve.app import ScoringService
-
-    async def failed():
-        raise RuntimeError("the coordinator died")
-
-    replica = object.__new__(ScoringService)  # only the report bookkeeping is exercised
     replica.replica_id, replica.threshold, replica._stop = "r", 0.25, threading.Event()
     replica._pending = failed()
     for _ in range(3):  # every later batch routes with the last threshold
