@@ -204,7 +204,8 @@ def _aggregate(g, column: str) -> dict:
 def summarise(per_seed, arms: dict | None = None):
     """Per variant: its baseline and role, the number of seeds, and over seeds the mean
     and t-interval (or bound, ``stats.censored_mean``) of the final value, AUC, labels and
-    savings, with ``reached_*`` (seeds whose curve reached each target)."""
+    savings, with ``reached_*`` (seeds whose curve reached each target) and ``at_start_*``
+    (of those, the seeds already there at the first step: no labels count)."""
     import pandas as pd
 
     arms = arms if arms is not None else baseline_plan(per_seed["variant"].unique())[0]
@@ -218,7 +219,10 @@ def summarise(per_seed, arms: dict | None = None):
             for p in (pct(s) for s in SHARES):
                 row.update(_aggregate(g, f"{prefix}labels_{p}"))
                 row.update(_aggregate(g, f"{prefix}saving_{p}"))
-                row[f"{prefix}reached_{p}"] = int(np.isfinite(g[f"{prefix}labels_{p}"]).sum())
+                reached = np.isfinite(g[f"{prefix}labels_{p}"].to_numpy(float))
+                row[f"{prefix}reached_{p}"] = int(reached.sum())
+                row[f"{prefix}at_start_{p}"] = int(  # reached at the first step: no labels
+                    (reached & (g[f"{prefix}labels_{p}_kind"] == stats.UNDEFINED)).sum())
         rows.append(row)
     return pd.DataFrame(rows)
 

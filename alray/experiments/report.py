@@ -68,10 +68,14 @@ def savings_markdown(summary, prefix: str = "") -> str:
     for _, r in summary.iterrows():
         cells = [r["variant"], str(r["seeds"])]
         for p in (pct(s) for s in SHARES):
+            start = r[f"{prefix}at_start_{p}"]
             cells.append(f"{_cell(r, f'{prefix}labels_{p}', ',.0f')} "
-                         f"({r[f'{prefix}reached_{p}']}/{r['seeds']})")
-        cells += [_cell(r, f"{prefix}saving_{p}", ".1f", 100, "%")
-                  for p in (pct(s) for s in SHARES)]
+                         f"({r[f'{prefix}reached_{p}']}/{r['seeds']}"
+                         f"{f', {start} at the start' if start else ''})")
+        for p in (pct(s) for s in SHARES):
+            cell, n = _cell(r, f"{prefix}saving_{p}", ".1f", 100, "%"), r[f"{prefix}saving_{p}_n"]
+            cells.append(cell if cell == "n/a" or n == r["seeds"] else
+                         f"{cell} ({n} of {r['seeds']} seeds)")
         rows.append(cells)
     head = ["variant", "seeds"] + [f"labels to {pct(s)}% (reached)" for s in SHARES]
     return _table(head + [f"saving at {pct(s)}%" for s in SHARES], rows)
@@ -103,9 +107,10 @@ def summary_page(result: dict, figures: list[str]) -> str:
         "Per seed, the target is the share of that seed's random baseline's *own final "
         "accuracy* (one noisy point), the labels to reach it are interpolated between steps, "
         "and the saving is 1 - labels / random's labels. (k/n): seeds whose curve reached "
-        f"the target by {horizon:,.0f} labels; a seed that never did counts at the horizon, "
-        "so the mean becomes a bound (<=, >=). n/a: random already met the target at the "
-        "first step (nothing to save).\n",
+        f"the target by {horizon:,.0f} labels (\"at the start\": already at the first "
+        "step, no labels count); a seed that never did counts at the horizon, so the mean "
+        "becomes a bound (<=, >=). n/a: random already met the target at the first step "
+        "(nothing to save); a saving from fewer seeds than the variant has says so.\n",
         savings_markdown(tested) if len(tested) else "No variant to compare.\n",
         "## Against the smoothed passive curve\n",
         _passive_text(result["passive"]),

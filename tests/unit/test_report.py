@@ -90,9 +90,22 @@ def test_one_seed_cells_have_no_interval_and_step_zero_targets_are_na():
     table = savings_markdown(result["summary"][result["summary"]["role"] == ""])
     row = table.splitlines()[2]
     # met at step 0 by both: no labels, no saving (never "0.0 [0.0, 0.0]%")
-    assert row == "| margin | 1 | " + "n/a (1/1) | " * 4 + "n/a | " * 3 + "n/a |"
+    assert row == "| margin | 1 | " + "n/a (1/1, 1 at the start) | " * 4 + "n/a | " * 3 + "n/a |"
     page = summary_page(result, [])
     assert "| margin | 1 | random | 0.550 | " in page
+
+
+def test_a_saving_from_fewer_seeds_says_so():
+    arms = {"random": [[0.50, 0.45, 0.48], [0.40, 0.50, 0.49]],
+            "margin": [[0.50, 0.47, 0.55], [0.40, 0.58, 0.60]]}
+    curves = pd.DataFrame([(v, seed, s, X[s], a) for v, per in arms.items()
+                           for seed, c in enumerate(per) for s, a in enumerate(c)],
+                          columns=["variant", "seed", "step", "labelled", "accuracy"])
+    summary = compare_sweep(curves)["summary"]
+    row = savings_markdown(summary[summary["role"] == ""]).splitlines()[2]
+    # seed 0: random is at its target at step 0 (n/a); seed 1: 1 - 2250/2450 = 8.2%
+    assert row.endswith("| 8.2% (1 of 2 seeds) |")
+    assert "2,250 (2/2, 1 at the start)" in row
 
 
 def test_no_pyplot_and_no_backend_switch():
