@@ -169,3 +169,21 @@ def check_finite(matrix: np.ndarray, present: np.ndarray, ids: np.ndarray, colum
     raise PoolSchemaError(f"{where + ': ' if where else ''}row {first_row + row} (id {key!r}):"
                           f" column {column}: NaN, infinite or null value in the embedding"
                           f"{more}; fix or drop these rows (`alray validate` lists them all)")
+
+
+def pool_table(data: PostArrays, pool: PoolConfig) -> pa.Table:
+    """``data`` as a pool table of one schema whatever the shards it came from: the id
+    (int64 or string), each embedding as ``fixed_size_list<float32>[dim]`` (null where
+    the modality is missing) and the label as int64 (null where unlabelled)."""
+    n = len(data)
+    columns = {pool.id_column: pa.array(data.ids, pa.int64() if data.ids.dtype.kind in "iu"
+                                        else pa.string())}
+    for modality, column in pool.embedding_columns.items():
+        matrix, present = data.features[modality], data.present[modality]
+        values = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1))
+        mask = None if present.all() else pa.array(~present)
+        columns[column] = pa.FixedSizeListArray.from_arrays(values, matrix.shape[1], mask=mask)
+    labels = data.labels
+    columns[pool.label_column] = pa.array(labels, pa.int64(), mask=labels == UNLABELLED
+                                          if n and (labels == UNLABELLED).any() else None)
+    return pa.table(columns)
