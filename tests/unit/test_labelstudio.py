@@ -20,10 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from alray.config import LoopConfig, ModelConfig
-from alray.errors import ConfigError, LabelsError
+from alray.errors import ConfigError, LabelsError, StateError
 from alray.loop.assessors import import_labels
 from alray.loop.labelstudio import (ALRAY_ID, is_export, read_answers, read_class_names,
-                                    write_label_studio)
+                                    write_label_studio, write_run_query)
 from alray.loop.state import RunDir, RunState, labels_schema
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "label_studio"
@@ -183,6 +183,21 @@ def test_class_names_file(tmp_path):
         read_class_names(bad)
     assert info.value.problems == [f"{bad}: line 2: blank class name",
                                    f"{bad}: line 4: class name 'cat' repeats line 1"]
+
+
+def test_a_run_query_is_written_beside_it(run):
+    paths = write_run_query(run, class_names=NAMES)  # the open query: step 1
+    assert paths["tasks"] == run / "queries" / "step-00001.label-studio.json"
+    tasks = json.loads(paths["tasks"].read_text())
+    assert [t["data"][ALRAY_ID] for t in tasks] == fixture_query().sort_by("rank").column(
+        "id").to_pylist()
+    assert len(ET.fromstring(paths["config"].read_text()).find("Choices")) == N_CLASSES
+    import_labels(run, FIXTURES / "export.json")  # the .json beside it is not a query file
+    (run / "state.json").write_text(json.dumps({"step": 1, "checkpoint": None,
+                                                "open_query": None}))  # as if resumed
+    with pytest.raises(StateError, match="no query is waiting for labels"):
+        write_run_query(run)
+    assert write_run_query(run, step=1, class_names=None)["config"].exists()
 
 
 def test_written_tasks_match_what_the_round_trip_imported(tmp_path):
