@@ -233,6 +233,15 @@ def test_a_plain_csv_is_not_an_export(tmp_path):
     assert not is_export(plain)
 
 
+def test_csv_export_saved_again_with_a_byte_order_mark(run, tmp_path):
+    """A spreadsheet that re-saves the CSV export adds a BOM: still Label Studio's CSV."""
+    path = tmp_path / "resaved.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + (FIXTURES / "export.csv").read_bytes())
+    assert is_export(path)
+    import_labels(run, path)
+    assert recorded(run) == expected()
+
+
 @pytest.mark.parametrize("name", EXPORTS)
 def test_majority_of_three_annotators(name):
     ids, labels = read_answers(FIXTURES / name)

@@ -31,7 +31,7 @@ def is_export(path: Path) -> bool:
     if suffix != ".csv" or not path.is_file():
         return False
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
@@ -42,7 +42,7 @@ def read_answers(path: str | os.PathLike, class_names: list[str] | None = None
                  ) -> tuple[list, list]:
     """(alray ids, labels) of the answered tasks of a Label Studio export, in file order.
 
-    Labels are the majority choice of each task (integers texts as exported, or class
+    Labels are the majority choice of each task (integer texts as exported, or class
     indices mapped from ``class_names``); the caller checks them like a CSV's. Raises
     ``LabelsError`` for an unreadable file, an export without any ``class`` answer, or
     tied tasks (all listed).
@@ -87,7 +87,7 @@ def _read_json(path: Path) -> list[_Task]:
     """Tasks of a JSON export (``annotations`` per task) or a JSON-MIN export (a record
     per annotation, data fields flattened, the choice under ``class``)."""
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise LabelsError(f"{path}: unreadable Label Studio export: {exc}") from None
     if isinstance(records, dict):
@@ -121,7 +121,7 @@ def _full_tasks(path: Path, records: list[dict]) -> list[_Task]:
 def _read_csv(path: Path) -> list[_Task]:
     """Tasks of a CSV export: a row per (not skipped) annotation; lists as JSON text."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelsError(f"{path}: unreadable Label Studio CSV export: {exc}") from None
