@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from alray.config import PoolConfig
 from alray.errors import PoolSchemaError
+from alray.pool.layout import packed_values
 from alray.pool.normalize import normalize_ids, normalize_labels
 
 UNLABELLED = -1
@@ -52,18 +53,21 @@ class PostArrays:
 
 def embedding_matrix(column: pa.Array | pa.ChunkedArray, dim: int, name: str = "embedding"
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, dim)`` float32 matrix and ``(n,)`` present mask of a list embedding column.
+    """``(n, dim)`` float32 matrix and ``(n,)`` present mask of an embedding column.
 
     Null rows become zeros. Raises PoolSchemaError when a non-null row's length is not
-    ``dim``. Handles list, large_list and fixed_size_list of float32/float64, and
-    sliced arrays (Ray Data batches are slices).
+    ``dim``. Handles list, large_list and fixed_size_list of float32/float64, packed
+    ``fixed_size_binary`` vectors (alray/pool/layout.py; a zero-copy read-only view when
+    float32 without nulls), and sliced arrays (Ray Data batches are slices).
     """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     n = len(column)
     present = np.ones(n, dtype=bool) if column.null_count == 0 else \
         np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    if pa.types.is_fixed_size_list(column.type):
+    if pa.types.is_fixed_size_binary(column.type):  # packed: a view, float16 widened
+        out = packed_values(column, dim, name).astype(np.float32, copy=False)
+    elif pa.types.is_fixed_size_list(column.type):
         if column.type.list_size != dim:
             raise PoolSchemaError(
                 f"column {name}: fixed-size list of {column.type.list_size}, expected {dim}")
@@ -166,10 +170,9 @@ def check_finite(matrix: np.ndarray, present: np.ndarray, ids: np.ndarray, colum
     row, key = int(rows[0]), ids[int(rows[0])]
     key = key.item() if isinstance(key, np.generic) else key
     more = f" ({len(rows)} such rows in this batch)" if len(rows) > 1 else ""
-    at = f"{where}: row {first_row + row}" if where else f"row {row} of a batch"
-    raise PoolSchemaError(f"{at} (id {key!r}): column {column}: NaN, infinite or null value "
-                          f"in the embedding{more}; fix or drop these rows (`alray validate` "
-                          "lists them all)")
+    raise PoolSchemaError(f"{where + ': ' if where else ''}row {first_row + row} (id {key!r}):"
+                          f" column {column}: NaN, infinite or null value in the embedding"
+                          f"{more}; fix or drop these rows (`alray validate` lists them all)")
 
 
 def pool_table(data: PostArrays, pool: PoolConfig) -> pa.Table:

@@ -12,7 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from alray.config import PoolConfig
+from alray.errors import PoolSchemaError
 from alray.pool import io
+from alray.pool.layout import is_list_embedding, is_packed, packed_spec
 
 # the query table (ARCHITECTURE.md): one row per post sent to assessors
 QUERY_COLUMNS = ("id", "score", "rank", "predicted_class", "predicted_prob", "step", "strategy",
@@ -62,6 +64,13 @@ class PoolSummary:
     present: dict[str, int] = field(default_factory=dict)
     classes: Counter = field(default_factory=Counter)
     id_type: str = ""
+    layouts: dict[str, str] = field(default_factory=dict)  # modality -> layout.layout_name
+
+    def note_layout(self, modality: str, layout: str) -> None:
+        """Record a shard's layout of ``modality``; shards that differ make it "mixed"."""
+        seen = self.layouts.setdefault(modality, layout)
+        if seen != layout and not seen.startswith("mixed"):
+            self.layouts[modality] = f"mixed ({seen}, {layout})"
 
     def coverage(self) -> dict[str, float]:
         return {m: (n / self.rows if self.rows else 0.0) for m, n in self.present.items()}
@@ -69,7 +78,7 @@ class PoolSummary:
     def to_dict(self) -> dict:
         return {"rows": self.rows, "labelled": self.labelled, "shards": self.shards,
                 "bytes": self.bytes, "dims": dict(self.dims), "coverage": self.coverage(),
-                "id_type": self.id_type,
+                "id_type": self.id_type, "layouts": dict(self.layouts),
                 "class_histogram": {int(k): int(v) for k, v in sorted(self.classes.items())}}
 
 
@@ -91,9 +100,9 @@ class ValidationReport:
 
 
 def is_embedding_type(t: pa.DataType) -> bool:
-    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
-        return False
-    return pa.types.is_float32(t.value_type) or pa.types.is_float64(t.value_type)
+    """A list of float32/float64, or packed vectors (``fixed_size_binary``, whose field
+    metadata ``layout.packed_spec`` checks)."""
+    return is_list_embedding(t) or is_packed(t)
 
 
 def is_id_type(t: pa.DataType) -> bool:
@@ -110,7 +119,9 @@ def is_label_type(t: pa.DataType) -> bool:
 
 
 def infer_dims(uri: str, pool: PoolConfig) -> dict[str, int]:
-    """Embedding dimension of each modality: the fixed-size type, else the first non-null row."""
+    """Embedding dimension of each modality: a packed column's metadata, a fixed-size
+    list's size, else the first non-null row. Packed metadata that is missing or
+    disagrees with the byte width raises PoolSchemaError naming the file and column."""
     dims: dict[str, int] = {}
     for shard in io.pool_shards(uri):
         schema = io.open_parquet(shard).schema_arrow
@@ -118,7 +129,12 @@ def infer_dims(uri: str, pool: PoolConfig) -> dict[str, int]:
             if modality in dims or column not in schema.names:
                 continue
             t = schema.field(column).type
-            if pa.types.is_fixed_size_list(t):
+            if is_packed(t):
+                try:
+                    dims[modality] = packed_spec(schema.field(column))[1]
+                except PoolSchemaError as exc:
+                    raise PoolSchemaError(f"{shard.uri}: {exc}") from None
+            elif pa.types.is_fixed_size_list(t):
                 dims[modality] = t.list_size
         missing = [c for m, c in pool.embedding_columns.items() if m not in dims]
         if not missing:

@@ -9,7 +9,9 @@ import pyarrow as pa
 
 from alray.config import PoolConfig
 from alray.pool import io
+from alray.errors import PoolSchemaError
 from alray.pool.ids import IdRegistry
+from alray.pool.layout import is_packed, layout_name, packed_spec, packed_values
 from alray.pool.schema import (PoolSummary, Problem, ValidationReport, is_embedding_type,
                                is_id_type, is_label_type)
 
@@ -84,9 +86,12 @@ def _validate_shard(index, shard, pool, n_classes, summary, registry, out) -> No
     except Exception as exc:  # noqa: BLE001
         out.add(Problem("unreadable file", shard.uri, str(exc).split(": ", 1)[-1]))
         return
-    columns = _check_columns(shard.uri, pf.schema_arrow, pool, out)
+    schema = pf.schema_arrow
+    columns = _check_columns(shard.uri, schema, pool, out)
     if columns is None:
         return
+    for modality, column in pool.embedding_columns.items():
+        summary.note_layout(modality, layout_name(schema.field(column)))
     summary.bytes += shard.fs.get_file_info(shard.path).size or 0
     first_row = 0
     try:
@@ -94,7 +99,7 @@ def _validate_shard(index, shard, pool, n_classes, summary, registry, out) -> No
             ids = _check_ids(shard.uri, batch, pool, out, first_row)
             summary.id_type = summary.id_type or str(batch.schema.field(pool.id_column).type)
             registry.add(index, first_row, ids.values)
-            _check_embeddings(shard.uri, batch, pool, summary, out, ids)
+            _check_embeddings(shard.uri, batch, schema, pool, summary, out, ids)
             _check_labels(shard.uri, batch, pool, n_classes, summary, out, ids)
             summary.rows += batch.num_rows
             first_row += batch.num_rows
@@ -113,7 +118,8 @@ def _check_columns(file, schema: pa.Schema, pool: PoolConfig, out) -> list[str] 
                             column=column))
             ok = False
     checks = [(pool.id_column, is_id_type, "int64 or string"),
-              *[(c, is_embedding_type, "a list of float32 or float64")
+              *[(c, is_embedding_type, "a list of float32 or float64, or packed vectors "
+                 "(fixed_size_binary, see `alray pool pack`)")
                 for c in pool.embedding_columns.values()],
               (pool.label_column, is_label_type, "an integer class")]
     for column, accepts, expected in checks:
@@ -122,6 +128,14 @@ def _check_columns(file, schema: pa.Schema, pool: PoolConfig, out) -> list[str] 
                             file, f"type {schema.field(column).type}, expected {expected}",
                             column=column))
             ok = False
+    for column in pool.embedding_columns.values():
+        if column in names and is_packed(schema.field(column).type):
+            try:
+                packed_spec(schema.field(column))
+            except PoolSchemaError as exc:
+                out.add(Problem("wrong type", file, str(exc).split(": ", 1)[-1],
+                                column=column))
+                ok = False
     if not ok:
         return None
     return wanted + ([pool.label_column] if pool.label_column in names else [])
@@ -137,7 +151,7 @@ def _check_ids(file, batch, pool, out, first_row) -> _BatchIds:
     return ids
 
 
-def _check_embeddings(file, batch, pool, summary, out, ids) -> None:
+def _check_embeddings(file, batch, schema, pool, summary, out, ids) -> None:
     any_present = np.zeros(batch.num_rows, dtype=bool)
     for modality, column in pool.embedding_columns.items():
         array = batch.column(column)
@@ -145,7 +159,7 @@ def _check_embeddings(file, batch, pool, summary, out, ids) -> None:
             np.asarray(array.is_valid())
         any_present |= present
         summary.present[modality] += int(present.sum())
-        lengths = _lengths(array)
+        lengths = _lengths(array, schema.field(column))
         if modality not in summary.dims and present.any():
             summary.dims[modality] = int(lengths[np.argmax(present)])
         dim = summary.dims.get(modality)
@@ -161,7 +175,9 @@ def _check_embeddings(file, batch, pool, summary, out, ids) -> None:
              lambda r: "every embedding is null (a post needs at least one modality)")
 
 
-def _lengths(array: pa.Array) -> np.ndarray:
+def _lengths(array: pa.Array, field: pa.Field) -> np.ndarray:
+    if is_packed(array.type):  # the metadata was checked with the shard's columns
+        return np.full(len(array), packed_spec(field)[1], dtype=np.int64)
     if pa.types.is_fixed_size_list(array.type):
         return np.full(len(array), array.type.list_size, dtype=np.int64)
     return np.diff(array.offsets.to_numpy()).astype(np.int64)
@@ -169,6 +185,10 @@ def _lengths(array: pa.Array) -> np.ndarray:
 
 def _non_finite_rows(array: pa.Array, lengths: np.ndarray) -> np.ndarray:
     """Batch positions of rows holding a NaN, an infinity or a null inside the vector."""
+    if is_packed(array.type):
+        bad = ~np.isfinite(packed_values(array, int(lengths[0]))).all(axis=1) \
+            if len(array) else np.zeros(0, bool)
+        return np.flatnonzero(bad & np.asarray(array.is_valid()))
     if pa.types.is_fixed_size_list(array.type):
         dim = array.type.list_size
         start = array.offset * dim
