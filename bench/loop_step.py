@@ -18,10 +18,12 @@ import shutil
 import statistics
 import time
 
-from alray.config import ComputeConfig, GeneratorConfig, LoopConfig, ScoreConfig, TrainConfig
+from alray.config import ComputeConfig, LoopConfig, ScoreConfig, TrainConfig
+from alray.pool.synthetic import GeneratorConfig
 from alray.loop.run import run_loop
 from alray.loop.setup import new_run, shape_model
 from alray.pool.synthetic import generate_pool
+from alray.runtime import connect
 
 
 def main() -> None:
@@ -30,13 +32,13 @@ def main() -> None:
     run_dir = os.path.join(args.dir, f"run-{args.rows}-{args.steps}")
     shutil.rmtree(run_dir, ignore_errors=True)
     config = shape_model(LoopConfig(
-        pool_uri=pool, val_uri=val, initial=2000, steps=args.steps, seed=0,
-        train=TrainConfig(seed=0),
-        score=ScoreConfig(strategies=("margin",), query_size=20, num_cpus_per_actor=0.5,
-                          actors=args.actors)))
+        pool_uri=pool, val_uri=val, initial=2000, seed=0, train=TrainConfig(seed=0),
+        score=ScoreConfig(strategies=("margin",), query_size=20)))
+    compute = ComputeConfig(score_actors=args.actors, score_cpus_per_actor=0.5)
+    connect()
     marks = []
     started = time.perf_counter()
-    outcome = run_loop(new_run(run_dir, config), ComputeConfig(),
+    outcome = run_loop(new_run(run_dir, config, args.steps), compute,
                        progress=lambda step, last, row: marks.append(time.perf_counter()))
     total = time.perf_counter() - started
     rows = outcome.metrics.to_pylist()

@@ -150,6 +150,7 @@ def main() -> None:
     print(f"batch path (score_pool local, {args.strategy}): {batch:,.0f} rows/s")
 
     from alray.runtime import connect
+    from alray.config import ScoreConfig
     from alray.serve.config import ServeConfig
     from alray.serve.runner import start_service
 

@@ -1,7 +1,10 @@
 """Shared fixtures. Ray starts once per test session, only for tests that ask for it."""
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
+import shutil
 import socket
 import tempfile
 
@@ -16,6 +19,27 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 # a stalled Ray Data pipeline fails the test instead of hanging it
 os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "120")
+
+
+def _private_ray_state() -> str:
+    """A folder of this session's own for what Ray keeps between runs, so no test
+    depends on what an earlier run left on the machine: Ray's default temp folder
+    (``$RAY_TMPDIR/ray``: ``ray_current_cluster``, old sessions; fresh and empty, as on a
+    new machine) and the auth token Ray otherwise reads from and writes to
+    ``~/.ray/auth_token`` (whether it exists decides whether ``ray start`` turns token
+    authentication on). Settings already in the environment (CI's) are kept."""
+    root = tempfile.mkdtemp(prefix="alray-test-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    os.environ.setdefault("RAY_TMPDIR", root)
+    if not {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
+        token = os.path.join(root, "auth_token")
+        with open(os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secrets.token_hex(32))
+        os.environ["RAY_AUTH_TOKEN_PATH"] = token
+    return root
+
+
+PRIVATE_RAY_STATE = _private_ray_state()
 
 
 @pytest.fixture(scope="session")

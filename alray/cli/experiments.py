@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from alray.cli.common import friendly_errors
+from alray.cli.common import friendly_errors, pool_config, pool_options
 from alray.cli.options import SCIENCE, options, overrides
 from alray.experiments.files import build_sweep, read_experiment
 
@@ -39,34 +39,47 @@ SWEEP_SCIENCE = tuple(o.name for o in SCIENCE if o.name not in ("strategy", "see
 @click.option("--resume", is_flag=True, help="Continue an interrupted sweep in --out.")
 @click.option("--address", default=None, help="Ray cluster [default: embedded Ray].")
 @options(SWEEP_SCIENCE, with_default=False)
+@pool_options
 @friendly_errors
 def sweep(config_file, smoke, resume, address, **opts):
     """Run a strategy x seed grid of simulated loops on Ray Tune.
 
     Every science option of ``alray loop`` is an option here under the same name; one
     not given comes from the experiment file (its ``set``), else the loop's default."""
-    from alray.experiments.sweep import load_sweep, run_sweep
-    from alray.runtime import connect
+    from alray.cli.common import VERBOSE, connect_ray
+    from alray.experiments.sweep import run_sweep
 
-    science = overrides(opts, SWEEP_SCIENCE)
-    for name in SWEEP_SCIENCE:
-        opts.pop(name)
-    opts["set"], opts["smoke"], opts["overrides"] = opts.pop("set_"), smoke, science
-    if resume and not config_file and not any(v for k, v in opts.items()
-                                              if k not in ("out", "set", "grid", "smoke")):
-        cfg = load_sweep(opts["out"])
-    else:
-        cfg = build_sweep(read_experiment(config_file) if config_file else {}, opts)
+    cfg = sweep_config(config_file, smoke, resume, opts)
     n = len(cfg.strategies) * len(cfg.seeds)
     for values in cfg.grid.values():
         n *= len(values)
     click.echo(f"sweep: {n} trials ({', '.join(cfg.strategies)} x seeds "
                f"{list(cfg.seeds)}{' x ' + ', '.join(cfg.grid) if cfg.grid else ''}), "
                f"{cfg.steps} steps each -> {cfg.out}")
-    connect(address)
-    curves = run_sweep(cfg, resume=resume)
+    connect_ray(address, cfg.out)
+    # Tune's trial tables only with --verbose: alray prints what the sweep wrote
+    curves = run_sweep(cfg, resume=resume, verbose=1 if VERBOSE["on"] else 0)
     click.echo(f"wrote {cfg.out}/curves.parquet ({curves.num_rows} rows); "
                f"next: alray report {cfg.out} --out REPORT")
+
+
+def sweep_config(config_file, smoke: bool, resume: bool, opts: dict):
+    """The SweepConfig of ``alray sweep``'s parameters: a resumed sweep's own, or the
+    experiment file overridden by the options given."""
+    from alray.experiments.sweep import load_sweep
+
+    opts = dict(opts)
+    science = overrides(opts, SWEEP_SCIENCE)
+    for name in SWEEP_SCIENCE:
+        opts.pop(name, None)
+    given = [opts.pop(k, None) for k in ("id_column", "label_column", "embedding_columns")]
+    if given != ["id", "label", ()] and given != [None, None, None]:
+        science["columns"] = pool_config(*given).to_dict()
+    opts["set"], opts["smoke"], opts["overrides"] = opts.pop("set_", ()), smoke, science
+    if resume and not config_file and not any(v for k, v in opts.items()
+                                              if k not in ("out", "set", "grid", "smoke")):
+        return load_sweep(opts["out"])
+    return build_sweep(read_experiment(config_file) if config_file else {}, opts)
 
 
 @click.command()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from alray.config import DEFAULT_STEPS, LoopConfig, SweepConfig, TrainConfig
+from alray.config import DEFAULT_STEPS, LoopConfig, PoolConfig, SweepConfig, TrainConfig
 from alray.pool.synthetic import GeneratorConfig
 from alray.errors import ConfigError
 
@@ -61,7 +61,7 @@ def key_values(items, option: str) -> dict:
 
 def build_sweep(file_data: dict, opts: dict) -> SweepConfig:
     """The SweepConfig from an experiment file's values, overridden by options."""
-    from alray.loop.setup import apply_overrides, shape_model
+    from alray.loop.setup import new_config
 
     data = dict(file_data)
     if data.get("kind", "sweep") != "sweep":
@@ -77,15 +77,12 @@ def build_sweep(file_data: dict, opts: dict) -> SweepConfig:
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
     from alray.acquisition import check_names
     check_names(strategies)
-    from alray.pool.io import absolute_uri
-    pool, val = absolute_uri(pool), absolute_uri(val)
-    loop = LoopConfig(pool_uri=pool, val_uri=val)
     settings = dict(data.get("set") or {})
     settings.update({k: yaml.safe_load(v) for k, v in key_values(opts.get("set", ()),
                                                                       "--set").items()})
     settings.update(opts.get("overrides") or {})  # options by name win over --set
-    loop = shape_model(apply_overrides(loop, settings),
-                       settings.get("model.n_classes"))
+    columns = PoolConfig.from_dict(settings.pop("columns", None) or {})
+    loop = new_config(pool, val, columns, settings)
     grid = {k: tuple(v) for k, v in (data.get("grid") or {}).items()}
     grid.update({k: tuple(yaml.safe_load(x) for x in v.split(","))
                  for k, v in key_values(opts.get("grid", ()), "--grid").items()})

@@ -66,21 +66,30 @@ def plot_run(metrics, out: str | os.PathLike, title: str = "") -> str:
 
 
 # --- sweeps ------------------------------------------------------------------------------
-def plot_comparison(bands, variants: list[str], out: str, title: str, grey: set[str] = (),
+def plot_comparison(bands, variants: list[str], out: str, title: str,
+                    baselines: dict[str, bool] | None = None, smooth: dict | None = None,
                     metric: str = "accuracy") -> str:
     """Mean curves of ``variants`` with their t-interval bands. ``bands``: rows of
     (variant, labelled, mean, low, high, seeds); a one-seed curve has NaN bounds and so
-    no band. Variants in ``grey`` (the random baselines) are drawn first, in grey."""
+    no band. ``baselines``: random arms drawn first in grey (True: the baseline itself,
+    solid; False: an arm pooled into it, dotted, no band); ``smooth``: name ->
+    ``(labelled, fit)`` smoothed passive curves, drawn dashed."""
+    baselines = baselines or {}
     fig, ax = new_figure(7.5, 4.8)
-    order = sorted(variants, key=lambda v: (v not in grey, v))
+    order = sorted(variants, key=lambda v: (v not in baselines, v))
     colours = iter(_colours() * 4)
     for variant in order:
         g = bands[bands["variant"] == variant]
-        colour = "0.35" if variant in grey else next(colours)
         seeds = int(g["seeds"].max())
-        ax.plot(g["labelled"], g["mean"], color=colour, lw=1.8,
-                label=f"{variant} ({seeds} seed{'s' * (seeds > 1)})")
+        label = f"{variant} ({seeds} seed{'s' * (seeds > 1)})"
+        if variant in baselines and not baselines[variant]:
+            ax.plot(g["labelled"], g["mean"], color="0.6", lw=1, ls=":", label=label)
+            continue
+        colour = "0.3" if variant in baselines else next(colours)
+        ax.plot(g["labelled"], g["mean"], color=colour, lw=1.8, label=label)
         ax.fill_between(g["labelled"], g["low"], g["high"], color=colour, alpha=0.18, lw=0)
+    for name, (x, fit) in (smooth or {}).items():
+        ax.plot(x, fit, color="0.1", lw=1, ls="--", label=f"{name}, isotonic fit")
     ax.set_xlabel("labelled posts")
     ax.set_ylabel(f"validation {metric.replace('_', '-')} (fused head)")
     ax.set_title(title)

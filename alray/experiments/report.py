@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from alray.experiments import stats
-from alray.experiments.compare import REFERENCE, SHARES, compare_sweep, pct
+from alray.experiments.compare import BASELINE, REFERENCE, SHARES, compare_sweep, pct
 
 BOUND_SIGNS = {stats.AT_MOST: "<= ", stats.AT_LEAST: ">= "}
 
@@ -172,16 +172,20 @@ def write_report(sweep_dir: str | os.PathLike, out: str | os.PathLike,
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
     result = compare_sweep(curves, reference)
-    bands, summary, arms = result["bands"], result["summary"], result["arms"]
-    grey = {v for v in summary["variant"] if summary.set_index("variant").loc[v, "role"]}
+    bands, summary = result["bands"], result["summary"]
+    roles = dict(zip(summary["variant"], summary["role"]))
+    baselines = {v: role == BASELINE for v, role in roles.items() if role}
+    smooth = {n: (p["labelled"], p["fit"]) for n, p in result["passive"].items()}
     files = [plot_comparison(bands, sorted(bands["variant"].unique()),
                              os.path.join(out, "curves-all.png"),
-                             "All strategies (mean, 95% t-interval over seeds)", grey)]
+                             "All strategies (mean, 95% t-interval over seeds)", baselines,
+                             smooth)]
     tested = summary[(summary["role"] == "") & (summary["baseline"] != "")]
     for variant, base in zip(tested["variant"], tested["baseline"]):
         name = variant.replace(" ", "_").replace("=", "-")
         files.append(plot_comparison(bands, [base, variant], os.path.join(
-            out, f"curves-{name}.png"), f"{variant} vs {base}", {base}))
+            out, f"curves-{name}.png"), f"{variant} vs {base}", {base: True},
+            {base: smooth[base]}))
     if len(tested):
         files.append(_saving_figure(tested, os.path.join(out, "savings.png")))
     csv = os.path.join(out, "per_seed.csv")

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alray.errors import LabelsError, StateError
+from alray.loop import labelstudio
 from alray.loop.state import RunDir, labels_schema
 from alray.pool import labels_file
 from alray.pool.labels_file import MAX_EXAMPLES, Problems as _Problems  # noqa: F401
@@ -29,21 +30,27 @@ FAST_FAIL_SLACK = 1000  # rows beyond twice the query that still get a row-by-ro
 
 
 def import_labels(run_dir: str | os.PathLike, file: str | os.PathLike,
-                  id_column: str | None = None, label_column: str | None = None) -> dict:
+                  id_column: str | None = None, label_column: str | None = None,
+                  class_names: list[str] | None = None) -> dict:
     """Record the assessors' answers in ``file`` to the open query of ``run_dir``.
+
+    ``file`` is a CSV or Parquet file (id, label) or a Label Studio export (JSON,
+    JSON-MIN or CSV; ``alray.loop.labelstudio``: majority of annotators, ties refused,
+    choices that are names mapped by ``class_names``), checked the same way.
 
     Returns ``{"step", "labelled", "skipped", "file"}``. Raises ``StateError`` when no
     query waits for labels or the open one was already answered, ``LabelsError`` (all
     problems listed) when the file is unreadable or any row is wrong; then nothing on
     disk changed.
     """
-    run = RunDir.open(run_dir)
+    # the lock first: a second import is refused while this one runs, then sees its rows
+    run = RunDir.open(run_dir, write=True)
     step, query, labels = _open_query(run)
     columns = run.config.columns
     id_column, label_column = id_column or columns.id_column, label_column or columns.label_column
     id_type = query.schema.field("id").type
     raw_ids, raw_labels = _read_answers(Path(file), id_column, label_column, id_type,
-                                        query.num_rows)
+                                        query.num_rows, class_names)
     context = _Context(file=str(file), step=step, n_classes=run.config.model.n_classes,
                        int_ids=pa.types.is_integer(id_type),
                        query_ids=set(query.column("id").to_pylist()),
@@ -108,13 +115,16 @@ def _new_rows(query: pa.Table, answers: dict, step: int, schema: pa.Schema) -> p
 
 # --- reading the file ----------------------------------------------------------------
 def _read_answers(path: Path, id_column: str, label_column: str, id_type: pa.DataType,
-                  query_rows: int | None = None) -> tuple[list, list]:
+                  query_rows: int | None = None, class_names: list[str] | None = None
+                  ) -> tuple[list, list]:
     """The raw id and label values of ``path``, as Python objects, in file order.
 
     A file far longer than the query (the whole pool instead of the answer: more than
     ``2 * query + FAST_FAIL_SLACK`` rows) is refused from its row count (Parquet footer,
     streamed CSV count) before any row becomes a Python object; a shorter wrong file
     gets the full row-by-row report."""
+    if labelstudio.is_export(path):  # one (id, majority label) row per answered task
+        return labelstudio.read_answers(path, class_names)
     if query_rows is not None:
         n_rows = labels_file.count_rows(path)
         if n_rows > 2 * query_rows + FAST_FAIL_SLACK:

@@ -35,11 +35,17 @@ def shape_model(config: LoopConfig, n_classes: int | None = None) -> LoopConfig:
 
 def check_inputs(config: LoopConfig) -> None:
     """Every bad input a new run can have, found before any work starts."""
-    from alray.pool.load import read_ids_and_labels
+    from alray.pool.load import read_ids_and_labels, repeated_ids
 
     pool_ids, pool_labels = read_ids_and_labels(config.pool_uri, config.columns)
-    _, val_labels = read_ids_and_labels(config.val_uri, config.columns)
+    val_ids, val_labels = read_ids_and_labels(config.val_uri, config.columns)
     n_classes, problems = config.model.n_classes, []
+    for uri, ids in ((config.pool_uri, pool_ids), (config.val_uri, val_ids)):
+        if len(repeated := repeated_ids(ids)):
+            first = repeated[:1].tolist()[0]  # a plain int or str
+            problems.append(f"{uri}: {len(repeated):,} ids occur more than once (first: "
+                            f"{first!r}); ids must be unique (`alray validate {uri}` lists "
+                            "where)")
     labelled = int((pool_labels >= 0).sum())
     if config.initial > labelled:
         raise EmptyPoolError(f"{config.pool_uri}: an initial set of {config.initial:,} asked, "

@@ -7,9 +7,10 @@ Layout (docs/model.md)::
     <path>/weights.pt        the model's state_dict (tensors only)
     <path>/train_state.pt    optional: the Trainer's loss and optimizer state
 
-Saving writes a complete temporary directory next to ``path`` first; only then is an
-existing checkpoint moved aside and the new one renamed into place. Loading uses
-``torch.load(weights_only=True)``: a checkpoint never executes code.
+Saving writes a complete temporary directory next to ``path`` first (each file and the
+directory fsynced); only then is an existing checkpoint moved aside and the new one
+renamed into place, and the parent directory fsynced: once saved, a power cut keeps it.
+Loading uses ``torch.load(weights_only=True)``: a checkpoint never executes code.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 from alray.config import ModelConfig
 from alray.errors import CheckpointError, ConfigError
 from alray.model.fusion import FusionNet
+from alray.pool.io import fsync_dir
 
 FORMAT = "alray.model"
 VERSION = 1
@@ -97,9 +99,11 @@ def _swap_in(tmp: Path, path: Path) -> None:
     backup = _backup(path)
     if backup.exists():
         shutil.rmtree(backup)
+    fsync_dir(tmp)  # its files' entries, before the directory can be found under ``path``
     if path.exists():
         os.replace(path, backup)
     os.replace(tmp, path)
+    fsync_dir(path.parent)  # the renames
     shutil.rmtree(backup, ignore_errors=True)
 
 

@@ -170,9 +170,10 @@ def check_finite(matrix: np.ndarray, present: np.ndarray, ids: np.ndarray, colum
     row, key = int(rows[0]), ids[int(rows[0])]
     key = key.item() if isinstance(key, np.generic) else key
     more = f" ({len(rows)} such rows in this batch)" if len(rows) > 1 else ""
-    raise PoolSchemaError(f"{where + ': ' if where else ''}row {first_row + row} (id {key!r}):"
-                          f" column {column}: NaN, infinite or null value in the embedding"
-                          f"{more}; fix or drop these rows (`alray validate` lists them all)")
+    at = f"{where}: row {first_row + row}" if where else f"row {row} of a batch"
+    raise PoolSchemaError(f"{at} (id {key!r}): column {column}: NaN, infinite or null value "
+                          f"in the embedding{more}; fix or drop these rows (`alray validate` "
+                          "lists them all)")
 
 
 def pool_table(data: PostArrays, pool: PoolConfig) -> pa.Table:

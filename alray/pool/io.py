@@ -1,10 +1,14 @@
 """Reading and writing pools and small tables, on local paths or pyarrow filesystem URIs.
 
 Writes are atomic: everything goes to a temporary sibling first and is renamed into
-place, so an interrupted write never leaves a half-written pool or table behind.
+place, so an interrupted write never leaves a half-written pool or table behind. On
+local disks they are also durable: each file is fsynced before its rename and the
+directory after it, so once a write returns, a power cut keeps it (the run directory's
+commit protocol, docs/formats.md, relies on it).
 """
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from contextlib import contextmanager
@@ -166,15 +170,45 @@ def _replace(fs: pafs.FileSystem, src: str, dst: str, is_dir: bool) -> None:
         fs.move(src, dst)
 
 
+def _is_local(fs: pafs.FileSystem) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written local file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a local directory's entries (a rename or new file in it) to the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # filesystems without it
+            raise
+    finally:
+        os.close(fd)
+
+
 def write_table(table: pa.Table, uri: str | os.PathLike) -> None:
-    """Write one Parquet file atomically (temp file, then rename)."""
+    """Write one Parquet file atomically (temp file, fsync, rename, fsync of the
+    directory: on a local disk it survives a power cut once this returns)."""
     loc = locate(uri)
     parent = loc.path.rstrip("/").rpartition("/")[0]
     loc.fs.create_dir(parent, recursive=True)
     tmp = _temp_sibling(loc)
     try:
         pq.write_table(table, tmp.path, filesystem=loc.fs, **write_options(table.schema))
+        if _is_local(loc.fs):
+            fsync_file(tmp.path)
         _replace(loc.fs, tmp.path, loc.path, is_dir=False)
+        if _is_local(loc.fs):
+            fsync_dir(parent)
     except BaseException:
         _silently_delete(loc.fs, tmp.path, is_dir=False)
         raise
@@ -190,7 +224,11 @@ def atomic_directory(uri: str | os.PathLike) -> Iterator[Location]:
     loc.fs.create_dir(tmp.path, recursive=True)
     try:
         yield Location(loc.fs, tmp.path, loc.uri)
+        if _is_local(loc.fs):
+            fsync_dir(tmp.path)  # its files were fsynced as written (write_shard)
         _replace(loc.fs, tmp.path, loc.path, is_dir=True)
+        if _is_local(loc.fs):
+            fsync_dir(parent)
     except BaseException:
         _silently_delete(loc.fs, tmp.path, is_dir=True)
         raise
@@ -207,10 +245,13 @@ def write_shard(table: pa.Table, directory: Location, index: int) -> None:
     """Write shard ``index`` into a (temporary) pool directory."""
     path = f"{directory.path}/part-{index:05d}.parquet"
     pq.write_table(table, path, filesystem=directory.fs, **write_options(table.schema))
+    if _is_local(directory.fs):
+        fsync_file(path)
 
 
 def write_json(path: str | os.PathLike, data) -> None:
-    """Write a small local JSON file atomically (temp file, fsync, rename)."""
+    """Write a small local JSON file atomically (temp file, fsync, rename, fsync of the
+    directory)."""
     import json
 
     text = json.dumps(data, indent=2, sort_keys=True, default=str)
@@ -222,6 +263,7 @@ def write_json(path: str | os.PathLike, data) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path) or ".")
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

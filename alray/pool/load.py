@@ -81,9 +81,15 @@ def load_rows(uri: str, pool: PoolConfig, ids: np.ndarray | None = None,
     return data
 
 
+def repeated_ids(ids: np.ndarray) -> np.ndarray:
+    """The distinct ids that occur more than once in ``(n,)`` ids, sorted."""
+    ids = np.sort(ids)
+    return np.unique(ids[1:][ids[1:] == ids[:-1]])
+
+
 def _unique_sorted(ids: np.ndarray, what: str) -> np.ndarray:
     ids = np.sort(ids)
-    repeated = ids[1:][ids[1:] == ids[:-1]]
+    repeated = repeated_ids(ids)
     if len(repeated):
         raise LabelsError(f"{len(repeated):,} {what} are repeated (first: id "
                           f"{_key(repeated[0])!r})")

@@ -19,6 +19,7 @@ from alray.acquisition.registry import STRATEGIES
 from alray.config import ModelConfig, ScoreConfig
 from alray.errors import ConfigError, LabelsError
 from alray.pool.arrays import UNLABELLED, PostArrays
+from alray.seeds import derive_seed
 
 
 def check_serves(config: ModelConfig, score: ScoreConfig, source: str) -> None:
@@ -38,6 +39,13 @@ def check_serves(config: ModelConfig, score: ScoreConfig, source: str) -> None:
         raise ConfigError("strategy head_disagreement needs a model with one head per "
                           f"modality (heads='multi'); {source} has only "
                           f"{', '.join(heads)}")
+
+
+def mask_seed(seed: int, step: int) -> int:
+    """The seed of a step's K MC-dropout masks: new each step, so a long run averages
+    over many committees instead of measuring one fixed set of K masks; fixed within a
+    step, so the query does not depend on batches, blocks or actors."""
+    return derive_seed(seed, "mc", step)
 
 
 def predictions(probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -61,28 +69,29 @@ class BatchOutputs:
 class BatchModel:
     """A model (eval mode, on ``device``) and what the strategies of ``score`` need."""
 
-    def __init__(self, model, score: ScoreConfig, dims: Mapping[str, int], device="cpu"):
+    def __init__(self, model, score: ScoreConfig, dims: Mapping[str, int], step: int = 0):
         from alray.model import MCDropout
 
         self.model, self.score, self.dims = model, score, dict(dims)
         self.device = next(model.parameters()).device
         self.needs = needs_of(score.strategies)
         self.modality_heads = tuple(h for h in model.head_names if h in self.dims)
-        self.mc = (MCDropout(model, score.mc_samples, score.seed)
+        self.mc = (MCDropout(model, score.mc_samples, mask_seed(score.seed, step))
                    if "mc" in self.needs else None)
 
     @classmethod
     def from_state(cls, state: Mapping, score: ScoreConfig, dims: Mapping[str, int],
-                   device: str = "cpu", source: str = "the model") -> "BatchModel":
+                   device: str = "cpu", source: str = "the model", step: int = 0
+                   ) -> "BatchModel":
         """From a ``model_state`` (architecture and weights), checked with
-        ``check_serves``."""
+        ``check_serves``; ``step`` seeds the MC-dropout masks (``mask_seed``)."""
         import torch
 
         from alray.model import load_model
 
         model, config = load_model(state, map_location=torch.device(device))
         check_serves(config, score, source)
-        return cls(model.eval(), score, dims)
+        return cls(model.eval(), score, dims, step)
 
     @property
     def n_classes(self) -> int:
@@ -159,4 +168,4 @@ class BatchModel:
                                self.modality_heads)
 
 
-__all__ = ["BatchModel", "BatchOutputs", "check_serves", "predictions"]
+__all__ = ["BatchModel", "BatchOutputs", "check_serves", "mask_seed", "predictions"]

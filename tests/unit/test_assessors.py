@@ -321,7 +321,7 @@ def test_unknown_suffix(run, tmp_path):
 
 def test_no_open_query(tmp_path):
     path = make_run(tmp_path)
-    RunDir.open(path).write_state(RunState(step=1, checkpoint=None, open_query=None))
+    RunDir.open(path, write=True).write_state(RunState(step=1, checkpoint=None, open_query=None))
     file = write_file(tmp_path / "a.csv", [10], [1])
     assert refused(path, file, StateError) == f"no query is waiting for labels in {path}"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from alray.experiments.compare import (
     POOLED, add_pooled, baseline_plan, compare_sweep, paired_comparisons, reference_of,
@@ -160,3 +162,27 @@ def test_reference_of():
         "margin class_balance=0.0"
     assert reference_of("margin class_balance=0.05", variants) is None  # itself
     assert reference_of("bald", ["margin", "bald"]) == "margin"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.floats(0.3, 0.7), min_size=4, max_size=4), min_size=1, max_size=4),
+       st.lists(st.floats(0.0, 0.1), min_size=4, max_size=4))
+def test_a_curve_never_below_random_never_loses_labels(random_curves, lift):
+    """Pointwise at or above random in every seed: every saving is >= 0 (or n/a), never
+    censored; the same curve as random saves exactly 0 or n/a."""
+    xs = (2000, 2500, 3000, 3500)
+    rows = []
+    for seed, curve in enumerate(random_curves):
+        for step, acc in enumerate(curve):
+            rows.append(("random", seed, step, xs[step], acc))
+            rows.append(("margin", seed, step, xs[step], acc + lift[step]))
+            rows.append(("entropy", seed, step, xs[step], acc))
+    per_seed = seed_results(pd.DataFrame(rows, columns=["variant", "seed", "step", "labelled",
+                                                        "accuracy"]))
+    for p in (95, 98, 99, 100):
+        margin = per_seed[per_seed["variant"] == "margin"]
+        assert AT_MOST not in set(margin[f"saving_{p}_kind"])
+        assert (margin[f"saving_{p}"].dropna() >= -1e-9).all()
+        same = per_seed[per_seed["variant"] == "entropy"]
+        assert set(same[f"saving_{p}_kind"]) <= {EXACT, UNDEFINED}
+        np.testing.assert_allclose(same[f"saving_{p}"].dropna(), 0.0, atol=1e-12)

@@ -18,7 +18,12 @@ def test_no_ray_on_import(module):
 def test_public_api_resolves():
     import alray
     for name in alray.__all__:
-        assert getattr(alray, name) is not None
+        obj = getattr(alray, name)
+        if name.isupper():  # a constant: the names of the strategies
+            assert obj and all(isinstance(item, str) for item in obj), name
+        else:  # a class or function of alray's own, exported under its own name
+            assert callable(obj) and obj.__name__ == name, name
+            assert obj.__module__.startswith("alray."), (name, obj.__module__)
     with pytest.raises(AttributeError):
         alray.nothing_here  # noqa: B018
 

@@ -2,6 +2,7 @@
 the assessor round trip and every bad input of a run, each a clear error and exit 2."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -168,4 +169,6 @@ def test_damaged_run_directory(pools, tmp_path, damage, message, one_thread):
     result = loop("--run-dir", str(run), "--resume", "--steps", "2", "--local")
     assert result.exit_code == 2
     assert message in result.output
+    del result  # its traceback holds the refused command's run, and so its lock
+    gc.collect()
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files

@@ -193,7 +193,7 @@ def test_loss_predictor_is_part_of_the_model():
     assert any(k.startswith("loss_predictor.") for k in model.state_dict())
     feats, pres, _ = batch(n=5)
     assert model.eval().predict_loss(feats, pres).shape == (5,)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="this model has no loss predictor"):
         build().predict_loss(feats, pres)
 
 

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv  # noqa: F401  (pa.csv)
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -124,7 +125,7 @@ def test_a_null_inside_a_vector_is_refused():
     column = pa.FixedSizeListArray.from_arrays(inner, 4)
     table = pa.table({"id": pa.array([10, 11]), "image_emb": column,
                       "text_emb": column})
-    with pytest.raises(PoolSchemaError, match=r"row 0 \(id 10\): column image_emb"):
+    with pytest.raises(PoolSchemaError, match=r"row 0 of a batch \(id 10\): column image_emb"):
         arrays_from_table(table, POOL, {"image": 4, "text": 4})
 
 
@@ -231,3 +232,61 @@ def test_validation_classes_missing_from_the_pool_warn_not_refuse(tmp_path):
     assert len(messages) == 1
     assert f"{n_rare} of 20 validation posts have classes the pool never has (3, 4)" \
         in messages[0]
+
+
+def test_scoring_refuses_a_non_finite_embedding(tmp_path):
+    from click.testing import CliRunner
+
+    from alray.cli import main
+    from alray.model import FusionNet, save_checkpoint
+
+    bad = _with_value(make_pool_table(30, first_id=500), 4, np.nan)
+    pool = write_pool(tmp_path / "pool", [make_pool_table(10), bad])
+    config = ModelConfig(modality_dims=DIMS, branch_widths={"image": (4,), "text": (4,)},
+                         fused_widths=(4,), n_classes=5)
+    save_checkpoint(tmp_path / "ckpt", FusionNet(config), config)
+    result = CliRunner().invoke(main, ["score", "--pool", pool, "--checkpoint",
+                                       str(tmp_path / "ckpt"), "--out",
+                                       str(tmp_path / "q.parquet"), "--local"])
+    assert result.exit_code == 2, result.output
+    assert "(id 504): column image_emb: NaN, infinite or null value" in result.output
+    assert not (tmp_path / "q.parquet").exists()
+
+
+# --- labels import of a far too long file ------------------------------------------------
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_labels_import_of_the_whole_pool_fails_from_the_row_count(tmp_path, suffix,
+                                                                   monkeypatch):
+    from alray.loop.assessors import import_labels
+    from alray.pool import labels_file
+    from tests.unit.test_assessors import make_run, snapshot
+
+    run = make_run(tmp_path)  # its open query has 5 posts
+    n = 5000
+    table = pa.table({"id": np.arange(n), "label": np.arange(n) % 3})
+    file = tmp_path / f"pool{suffix}"
+    if suffix == ".csv":
+        pa.csv.write_csv(table, file)
+    else:
+        pq.write_table(table, file)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the rows were read")
+    monkeypatch.setattr(labels_file, "read_columns", never)
+    before = snapshot(run)
+    with pytest.raises(LabelsError, match=rf"pool{suffix}: the file has 5,000 rows, the "
+                                          "open query has 5"):
+        import_labels(run, file)
+    assert snapshot(run) == before
+
+
+def test_a_new_run_refuses_duplicate_ids_in_the_pool(tmp_path):
+    from alray.loop.setup import check_inputs
+
+    pool = write_pool(tmp_path / "pool", [make_pool_table(30), make_pool_table(10, seed=1,
+                                                                              first_id=25)])
+    val = write_pool(tmp_path / "val", [make_pool_table(20, seed=2, first_id=1000)])
+    model = ModelConfig(modality_dims=DIMS, branch_widths={"image": (4,), "text": (4,)},
+                        fused_widths=(4,), n_classes=5)
+    with pytest.raises(LabelsError, match=r"pool: 5 ids occur more than once \(first: 25\)"):
+        check_inputs(LoopConfig(pool_uri=pool, val_uri=val, initial=10, model=model))

@@ -48,6 +48,7 @@ def reference_query(pool_uri, checkpoint, score: ScoreConfig, exclude=()):
     import torch
 
     from alray.model import MCDropout, load_checkpoint
+    from alray.scoring.outputs import mask_seed
     model, _, _ = load_checkpoint(checkpoint)
     data = arrays_from_table(io.read_table(pool_uri), PoolConfig(), DIMS)
     keep = ~np.isin(data.ids, np.asarray(list(exclude), dtype=np.int64))
@@ -56,8 +57,8 @@ def reference_query(pool_uri, checkpoint, score: ScoreConfig, exclude=()):
     with torch.inference_mode():
         feats, pres = as_tensors(data.features, data.present)
         probs = torch.softmax(model(feats, pres).logits[score.head], 1).numpy()
-        stats = MCDropout(model, score.mc_samples, score.seed).statistics(feats, pres,
-                                                                         score.head)
+        mc = MCDropout(model, score.mc_samples, mask_seed(score.seed, 0))
+        stats = mc.statistics(feats, pres, score.head)
     inputs = {"probs": probs.astype(np.float64),
               "mc_mean_probs": stats["mean_probs"].numpy().astype(np.float64),
               "mc_mean_entropy": stats["mean_entropy"].numpy().astype(np.float64),
@@ -221,3 +222,20 @@ def test_footer_reader_actors_set_by_the_user_win(monkeypatch):
     with footer_readers(10_000):
         assert os.environ[FOOTER_ACTORS_ENV] == "7"
     assert os.environ[FOOTER_ACTORS_ENV] == "7"
+
+
+def test_bald_masks_are_new_each_step_and_fixed_within_it(pool3, checkpoint):
+    """A long run averages over many MC committees (one per step), yet a step's query
+    does not depend on the batch size."""
+    score = ScoreConfig(strategies=("bald",), query_size=12, mc_samples=4)
+
+    def bald(step, batch):
+        table = score_pool(pool3, checkpoint, score, step=step,
+                           compute=LOCAL.replace(score_batch_size=batch))["bald"]
+        return table.column("id").to_pylist(), table.column("score").to_numpy()
+    ids_a, scores_a = bald(3, 7)
+    ids_b, scores_b = bald(3, 1000)
+    assert ids_a == ids_b
+    np.testing.assert_allclose(scores_a, scores_b, rtol=1e-5)
+    _, other = bald(4, 7)
+    assert not np.allclose(np.sort(other), np.sort(scores_a))

@@ -17,15 +17,27 @@ def _pool(tmp_path):
 
 
 def test_train_from_pool_labels_writes_a_loadable_checkpoint(tmp_path):
+    from alray.train import evaluate
+
     pool = _pool(tmp_path)
+    val = write_pool(tmp_path / "val", [make_pool_table(90, seed=7, first_id=9000)])
     out = tmp_path / "ckpt"
-    result = CliRunner().invoke(main, ["train", "--pool", pool, "--val", pool,
+    result = CliRunner().invoke(main, ["train", "--pool", pool, "--val", val,
                                        "--labels-from-pool", "--initial", "100", "--classes",
                                        "5", "--epochs", "2", "--out", str(out)])
     assert result.exit_code == 0, result.output
     model, config, extra = load_checkpoint(out)
     assert config.modality_dims == {"image": 8, "text": 4} and config.n_classes == 5
-    assert extra["labelled"] == 100 and 0.0 <= extra["val"]["fused"]["accuracy"] <= 1.0
+    assert extra["labelled"] == 100
+    # the recorded metrics are the saved model's on the --val pool (not the training
+    # rows), recomputed here independently
+    expected = evaluate(model.eval(), load_rows(val, PoolConfig()))
+    recorded = extra["val"]
+    assert set(recorded) == set(expected) and expected["fused"]["n"] == 90
+    for head, metrics in expected.items():
+        assert recorded[head]["n"] == metrics["n"]
+        for name in ("accuracy", "macro_f1", "balanced_accuracy"):
+            np.testing.assert_allclose(recorded[head][name], metrics[name], err_msg=head)
 
 
 def test_train_from_labels_csv(tmp_path):
