@@ -59,7 +59,10 @@ def test_arrow_body_checks_rows_like_json():
     (b"{", "application/json", 400), (b"[]", "application/json", 400),
     (b'{"posts": [], "x": 1}', "application/json", 400),
     (b'{"posts": []}', "application/json", 400), (b"a,b", "text/csv", 415),
-    (b"garbage", "application/vnd.apache.parquet", 400)])
+    (b"garbage", "application/vnd.apache.parquet", 400),
+    (b"[" * 100_000, "application/json", 400),  # nested beyond any parser's recursion
+    (b'{"posts": [{"id": 1, "text_emb": ' + b"[" * 5000 + b"]" * 5000 + b"}]}",
+     "application/json", 400)])
 def test_malformed_bodies(body, ctype, status):
     with pytest.raises(BadRequest) as caught:
         parse(body, ctype)
@@ -197,3 +200,49 @@ def test_huge_integer_literals_are_a_422_whose_answer_encodes(post):
         parse(b'{"posts": [' + post + b"]}")
     assert caught.value.status == 422
     orjson.dumps(caught.value.body())  # the answer itself must encode (else a 500)
+
+
+DAMAGED_PARQUET = (  # a valid 4-post body with 4 bytes changed by a seeded fuzzer
+    "eNqVVM9vEkEUfrvL0rGhEQyz2U04ENNuMKGVNrZpDQYGWmiVRkpiKb3oUlbEQIuAtvHUeOpBPRgPxpPx2Bj/"
+    "Bk/+FR56MJ579qC+N8uPRquJk53HzHvf+773ZnYpitIs9/EYjxc443AJIFxQAMAhUyWzQ6bGgYe5GUdMkPu5"
+    "P7IAMaVmKk4ohNHxSRUtU1TtKyBZmqcLCCOyKICu1A5TGE7jg/MQ5zucn3CepJH2MrfjiPZoTR95ycKhAbEz"
+    "OykUSpOQdkw2qGna0efvqHePrxZ4QOolSM93mtLHAqSoK8AmGAQn2GQY9WiYpJngc3Hsp6/JBpHB6jRlqLFz"
+    "vLIGM6Kh1e9rujIWT/28CJp+FHyhA3ZuPZ8H09/deeC2HO4HHphSTbVRm4JCBFPmVZP13IPeXbdV5Sr3F5Lk"
+    "9Jm+ZqPb4ypwhvAxt+m23N0eoS80Wk7d/St8fGprBDeYFbGSNkR4wJoHf9AiYa4azHilGG8Vu2izs3dmxfHc"
+    "gFgAT0GFJOb7LRuoVSJhHsnisGCpOlBD3qDxRTFOFPuHYr9X/n1tf2hdsRmzcnSFfbXxvtqo4d/lwsaxarxW"
+    "7W+a/Uz7vxs7Tz5g5fAVwvcFjDe6wWxmvNTBipgBUSrdLl/3btD8oF2l8bSeEUJsCG/cEmJfZOoiJ0RdZOvS"
+    "l0HAOi2yQqxJx+hXeKFlidyWe0m1SNQEWc7IfX2EXyFTkXwUyjd7lXKtuTW32asQavkhZi51B/niQAzxGTEc"
+    "ksTZKjWrkj7r9vFZcZPyFwmykRuKeHhZWlauZP21/Oa1Wm6pWS2vSYmsxFXEAJUoItU+5a1LktVRf2JYT76Z"
+    "2C4nBvn5fr6URLI71Dqe5yqdq0weNrGSk0Vl6qP6hqVl2tse/0pf7waY0bbTefTY7U3vtNvTTqeztx994na6"
+    "jb3d6NzCTGJm1krid+g98BG/4iL++f0C/bz0Kg==")
+
+
+def test_a_damaged_parquet_footer_is_a_400_not_a_crashed_replica(tmp_path):
+    """pyarrow aborts the process when Python reads this body's column chunk metadata
+    (a size-statistics histogram of the wrong length); the service must answer 400."""
+    import base64
+    import subprocess
+    import sys
+    import zlib
+
+    path = tmp_path / "body.parquet"
+    path.write_bytes(zlib.decompress(base64.b64decode(DAMAGED_PARQUET)))
+    code = ("import sys\n"
+            "from alray.config import PoolConfig\n"
+            "from alray.serve.posts import BadRequest, parse_posts\n"
+            "try:\n"
+            f"    parse_posts(open({str(path)!r}, 'rb').read(), 'application/vnd.apache.parquet',"
+            " PoolConfig(), {'image': 3, 'text': 2}, 'string')\n"
+            "except BadRequest as exc:\n"
+            "    print(exc.status)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert (out.returncode, out.stdout.strip()) == (0, "400"), out.stderr[-800:]
+
+
+def test_an_arrow_column_name_that_is_not_utf8_is_malformed():
+    table = _many_posts(3).append_column("zzzz", pa.array([1, 2, 3]))
+    body = _ipc(table).replace(b"zzzz", b"\xff\xfe\xfd\xfc")
+    with pytest.raises(BadRequest) as caught:
+        parse(body, "application/vnd.apache.arrow.stream")
+    assert caught.value.status == 400
