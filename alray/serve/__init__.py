@@ -3,7 +3,9 @@
 Modules, from the request to the run directory:
 
 - ``config``: ``ServeConfig``, every option of the service, checked at once.
-- ``posts``: HTTP bodies (JSON, Arrow IPC, Parquet) -> one checked table of posts.
+- ``posts``: HTTP bodies (JSON, Arrow IPC, Parquet) -> one checked table of posts;
+  ``bodies``: Arrow IPC and Parquet bodies sized from their own metadata before they
+  are decoded, then validated in full.
 - ``model``: ``OnlineModel``, the checkpoint's scores for a table of posts, computed as
   ``BatchScorer`` (``alray score``) computes them.
 - ``routing``: the streaming threshold, the routed-posts writer and the ``Coordinator``

@@ -2,10 +2,12 @@
 
 One deployment, ``ScoringService``: each replica parses and checks a request's posts,
 joins concurrent requests into one forward pass (``serve.batch``), answers with the
-scores and the routing decision, and reports the routing scores and routed posts to
-the shared ``Coordinator`` without waiting for it. A watcher thread per replica asks the
-coordinator every ``poll_s`` for the model version and loads a new checkpoint beside
-the old one; the switch is one reference swap between batches, so no request fails.
+scores and the routing decision, and reports the routing scores to the shared
+``Coordinator`` without waiting for it; a batch with routed posts waits until the
+coordinator has journaled them, so no answer routes a post that a crash could lose. A
+watcher thread per replica asks the coordinator every ``poll_s`` for the model version
+and loads a new checkpoint beside the old one; the switch is one reference swap between
+batches, so no request fails.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The threshold is the (1 - budget) quantile of a fixed-size reservoir sample (Vit
 algorithm R, seeded) of the routing strategy's scores: seeded from a calibration pool
 when one is given, then fed by the traffic, so memory stays bounded and the threshold
 follows a drifting score distribution. Replicas decide with the threshold of their
-previous report (at most one batch old), so scoring never waits for the actor.
+previous report (at most one batch old), so deciding never waits for the actor.
 
 The coordinator is also the only writer of routed posts (``RUN/online/routed-*.parquet``,
 each written temp-then-rename) and the keeper of the model version: it reads
