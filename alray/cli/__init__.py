@@ -9,13 +9,19 @@ import os
 
 import click
 
-from alray.cli import correlation, demo, experiments, loop, pool, score, serve, train
+from alray.cli import (
+    cluster, correlation, demo, experiments, loop, pool, score, serve, train)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="alray")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show Ray's own logs and progress here too [default: Ray's logs go "
+                   "to logs/ray.log in the command's run or output folder].")
+def main(verbose: bool) -> None:
     """alray: active learning on Ray - which posts should assessors label next."""
+    from alray.cli.common import VERBOSE
+    VERBOSE["on"] = verbose
     # Ray Data logs every dataset's plan at INFO on the console; keep that in its log file
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG",
                           os.path.join(os.path.dirname(os.path.dirname(__file__)),
@@ -24,7 +30,8 @@ def main() -> None:
 
 for command in (pool.validate, pool.generate, pool.pool_group, train.train, score.score,
                 loop.loop, loop.labels, experiments.sweep, experiments.report,
-                correlation.correlation, demo.demo, serve.serve, serve.online):
+                correlation.correlation, cluster.cluster, demo.demo, serve.serve,
+                serve.online):
     main.add_command(command)
 
 __all__ = ["main"]

@@ -1,6 +1,8 @@
-"""What every command shares: error handling, pool column options, progress bars.
+"""What every command shares: error handling, pool column options, progress bars, the
+connection to Ray.
 
-Every ``AlrayError`` becomes one line per problem on stderr and exit status 2.
+Every ``AlrayError`` becomes one line per problem on stderr and exit status 2, followed
+by where Ray's logs are when this command routed them to a file.
 """
 from __future__ import annotations
 
@@ -12,11 +14,35 @@ from alray.config import PoolConfig
 from alray.errors import AlrayError, ConfigError
 
 EXIT_BAD_INPUT = 2
+RAY_LOG = "ray.log"  # in a command's logs/ folder (its run or output folder)
+VERBOSE = {"on": False}  # `alray --verbose`: Ray's own logs on the terminal
+
+
+def connect_ray(address: str | None, folder) -> None:
+    """Connect to Ray (``alray.runtime.connect``) with Ray's logs appended to
+    ``FOLDER/logs/ray.log`` instead of the terminal; ``alray --verbose`` keeps Ray's
+    defaults and forwards the workers' output too."""
+    from pathlib import Path
+    from alray.runtime import connect
+
+    if VERBOSE["on"]:
+        connect(address, log_to_driver=True)
+    else:
+        connect(address, log_file=Path(folder) / "logs" / RAY_LOG)
+
+
+def _ray_log_line() -> None:
+    from alray.runtime import ray_log
+
+    if ray_log() is not None:
+        click.echo(f"alray: Ray's logs: {ray_log()} (alray --verbose shows them here)",
+                   err=True)
 
 
 def _fail(problems: list[str]) -> None:
     for line in problems:
         click.echo(f"alray: error: {line}", err=True)
+    _ray_log_line()
     sys.exit(EXIT_BAD_INPUT)
 
 
@@ -31,6 +57,9 @@ def friendly_errors(fn):
         except KeyboardInterrupt:
             click.echo("alray: interrupted", err=True)
             sys.exit(130)
+        except Exception:
+            _ray_log_line()  # then the traceback: a bug still says what it was
+            raise
     return wrapper
 
 

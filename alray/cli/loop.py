@@ -9,7 +9,8 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from alray.cli.common import Progress, friendly_errors, pool_config, pool_options
+from alray.cli.common import (Progress, connect_ray, friendly_errors, pool_config,
+                               pool_options)
 from alray.cli.options import COMPUTE, SCIENCE, STEPS, compute_config, options, overrides
 from alray.errors import ConfigError
 
@@ -61,7 +62,6 @@ def start_or_resume(p: dict, given: set[str]):
     from alray.loop.run import run_loop
     from alray.loop.setup import new_config, open_or_create
     from alray.pool.io import absolute_uri
-    from alray.runtime import connect
 
     columns = pool_config(p["id_column"], p["label_column"], p["embedding_columns"])
 
@@ -86,7 +86,7 @@ def start_or_resume(p: dict, given: set[str]):
         click.echo(f"resuming {p['run_dir']} at step {run.read_state().step + 1}")
     compute = compute_config(p)
     if not compute.local:
-        connect(compute.address)
+        connect_ray(compute.address, run.path)
     steps = p["steps"] if "steps" in given or not resumed else run.budget
     outcome = _run_with_bar(run, compute, steps, run_loop)
     _report(run, outcome)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from alray.cli.common import Progress, friendly_errors, pool_config, pool_options
+from alray.cli.common import (Progress, connect_ray, friendly_errors, pool_config,
+                               pool_options)
 from alray.cli.options import SCORE_COMPUTE, SCORE_SCIENCE, compute_config, options, overrides
 
 
@@ -37,11 +38,11 @@ def score(pool, checkpoint, exclude, out, step, show, scores_out, id_column, lab
 
 def run_scoring(pool, checkpoint, cfg, columns, exclude_ids, compute, out, step,
                 show=10, scores_out=None):
-    from alray.runtime import connect
+    from pathlib import Path
     from alray.scoring.pipeline import score_pool, write_query
 
     if not compute.local:
-        connect(compute.address)
+        connect_ray(compute.address, Path(out).parent)
     bar = Progress(total=0, desc="score", unit="row")
     tables = score_pool(pool, checkpoint, cfg, columns, exclude_ids=exclude_ids,
                         compute=compute, step=step, scores_out=scores_out,

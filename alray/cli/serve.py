@@ -77,8 +77,8 @@ def read_token(token_file: str | None) -> str | None:
 @friendly_errors
 def serve(**p):
     """Score posts over HTTP as they arrive and route the uncertain ones to assessors."""
+    from alray.cli.common import connect_ray
     from alray.config import ScoreConfig
-    from alray.runtime import connect
     from alray.serve.config import ServeConfig
     from alray.serve.runner import check_bind, check_port, serve_forever
 
@@ -100,7 +100,9 @@ def serve(**p):
         checkpoint_root=p["checkpoint_root"])
     if not (p["address"] or os.environ.get("RAY_ADDRESS")):
         check_port(config.host, config.port)  # an embedded Ray: nobody else's Serve
-    connect(p["address"])
+    import ray.serve  # noqa: F401  (its console logger exists before Ray's logs are routed)
+    logs = p["run_dir"] or os.path.dirname(os.path.abspath(p["checkpoint"]))
+    connect_ray(p["address"], logs)
     summary = serve_forever(config, token, p["address"], echo=click.echo)
     click.echo(f"stopped: {summary['posts_seen']:,} posts scored, "
                f"{summary['posts_routed']:,} routed"

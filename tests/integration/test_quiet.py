@@ -1,0 +1,61 @@
+"""A quiet terminal (issue 20, item 5): a command on Ray shows alray's lines only, Ray's
+logs go to logs/ray.log beside its output, and ``alray --verbose`` shows them again.
+
+Each command runs in a subprocess with its own embedded Ray (the routing changes the
+process's file descriptor 2, which must not happen inside pytest)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import make_pool_table, write_pool
+from tests.unit.test_scorer import build_checkpoint
+
+# what Ray writes to a terminal: C++ core worker lines, forwarded worker and raylet
+# output, Python log lines of ray.*, Ray Data's notices, the token warning
+RAY_LINES = re.compile(r"core_worker\.cc|\(raylet\)|\(pid=|Progress bars|INFO worker\.py|"
+                       r"WARNING \w+\.py:\d+ --|Token authentication|Started a local Ray|"
+                       r"\bray\.data\b|Running Dataset|Dataset \S+ execution")
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """A tiny pool and checkpoint, and a function that runs ``alray [ARGS] score``."""
+    root = tmp_path_factory.mktemp("quiet")
+    pool = write_pool(root / "pool", [make_pool_table(60, seed=3)])
+    checkpoint = build_checkpoint(root / "model")
+
+    def run(out_dir, *flags):
+        out = root / out_dir / "query.parquet"
+        args = [sys.executable, "-m", "alray", *flags, "score", "--pool", pool,
+                "--checkpoint", checkpoint, "--out", str(out), "--strategy", "margin",
+                "--query-size", "5", "--score-batch-size", "32"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop("RAY_ADDRESS", None)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+        return done, out
+    return run
+
+
+def test_a_command_on_ray_shows_alray_lines_only(scored):
+    done, out = scored("quiet")
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert f"wrote {out}" in done.stdout and "== margin: top 5 of 5" in done.stdout
+    assert not RAY_LINES.search(text), RAY_LINES.search(text).group(0) + "\n" + text[-3000:]
+    log = (out.parent / "logs" / "ray.log").read_text()
+    assert "Started a local Ray instance" in log  # Ray's lines are kept, in the file
+    assert "Ray session:" in log
+
+
+def test_verbose_lets_ray_through(scored):
+    done, out = scored("verbose", "--verbose")
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert f"wrote {out}" in done.stdout
+    assert "Started a local Ray instance" in text
+    assert not (out.parent / "logs").exists()
