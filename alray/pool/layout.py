@@ -90,7 +90,8 @@ def packed_field(name: str, dim: int, dtype: str, metadata: dict | None = None) 
 def packed_values(column: pa.Array, dim: int, name: str = "embedding") -> np.ndarray:
     """``(n, dim)`` view of a packed column's vectors in their stored dtype (float32 or
     float16): zero-copy over the data buffer from the array's offset (Ray Data batches
-    are slices). Values under null rows are whatever the writer left there."""
+    are slices). The bytes under null rows are undefined (Parquet stores none for a null:
+    after a read they may be another row's): mask them with the column's validity."""
     n, width = len(column), column.type.byte_width
     if width % dim or width // dim not in _BY_ITEMSIZE:
         raise PoolSchemaError(f"column {name}: packed vectors of {width} bytes, expected "
@@ -106,7 +107,8 @@ def packed_values(column: pa.Array, dim: int, name: str = "embedding") -> np.nda
 
 def pack_matrix(matrix: np.ndarray, present: np.ndarray, dtype: str) -> pa.Array:
     """A ``fixed_size_binary`` array of ``matrix`` ``(n, dim)`` cast to ``dtype``, null
-    where ``present`` ``(n,)`` is False (their bytes are zeros). The bytes are not copied
+    where ``present`` ``(n,)`` is False (zeros here; a Parquet round trip does not keep
+    them, see ``packed_values``). The bytes are not copied
     when ``matrix`` already has the dtype and is C-contiguous."""
     n, dim = matrix.shape
     values = np.ascontiguousarray(matrix, dtype=PACKED_DTYPES[dtype])
