@@ -56,6 +56,8 @@ class RunLock:
         path = Path(run_path) / LOCK_NAME
         key = (os.getpid(), os.path.realpath(path))
         with _registry_lock:
+            for dead in [k for k, ref in _held.items() if ref() is None]:
+                del _held[dead]
             found = _held.get(key)
             lock = found() if found is not None else None
             if lock is None or not lock.held:
