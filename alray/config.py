@@ -103,12 +103,16 @@ def _freeze(value):
 
 @dataclass(frozen=True)
 class PoolConfig(Config):
-    """Column names of a pool: an id, one embedding column per modality, a label."""
+    """Column names of a pool: an id, one embedding column per modality, a label, and
+    ``show_columns``: other columns of the pool (a URL, a title, a snippet) copied into
+    every query for the people who label it. Nothing else reads them: they change no
+    score and no metric."""
 
     id_column: str = "id"
     label_column: str = "label"
     embedding_columns: Mapping[str, str] = field(
         default_factory=lambda: {"image": "image_emb", "text": "text_emb"})
+    show_columns: tuple[str, ...] = ()
 
     def _check(self) -> list[str]:
         problems = []
@@ -117,8 +121,12 @@ class PoolConfig(Config):
             problems.append("embedding_columns needs at least one modality")
         if len(set(cols)) != len(cols):
             problems.append(f"column names must be distinct, got {cols}")
-        if any(not isinstance(c, str) or not c for c in cols):
+        if any(not isinstance(c, str) or not c for c in [*cols, *self.show_columns]):
             problems.append("column names must be non-empty strings")
+        shown = list(self.show_columns)
+        if len(set(shown)) != len(shown) or set(shown) & set(cols):
+            problems.append(f"show_columns {shown} must be distinct and not the id, label "
+                            f"or embedding columns ({cols})")
         return problems
 
     @property
@@ -224,6 +232,8 @@ class ScoreConfig(Config):
     sampling_beta: float = 1.0
     class_balance: float = 0.0      # 0: off; else rounds over predicted classes
     candidates: int = 0             # 0: the whole pool; else a seeded random subset per step
+    cluster_margin: float = 0.0     # Cluster-Margin: round robin over this x query_size best
+    clusters: str = ""              # ... grouped by this clustering (alray cluster's file)
 
     def _check(self) -> list[str]:
         problems = _sampling_problems(self) + int_problems(self, ("query_size", "mc_samples"))
@@ -254,6 +264,10 @@ def _sampling_problems(score: "ScoreConfig") -> list[str]:
     share = score.class_balance
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         problems.append(f"class_balance must be a share in [0, 1] (0 = off), got {share!r}")
+    if score.cluster_margin and (score.cluster_margin < 1 or not score.clusters
+                                 or score.class_balance):
+        problems.append(f"cluster_margin {score.cluster_margin!r} needs a value >= 1, a "
+                        "clusters file (alray cluster), and no class_balance")
     return problems
 
 
@@ -268,6 +282,7 @@ class LoopConfig(Config):
     pool_uri: str = ""
     val_uri: str = ""
     initial: int = 2000
+    initial_strategy: str = "random"   # or "typiclust": typical posts of clusters
     seed: int = 0
     assessors: bool = False
     columns: PoolConfig = field(default_factory=PoolConfig)
@@ -285,6 +300,9 @@ class LoopConfig(Config):
         if not self.val_uri:
             problems.append("val_uri is required (a labelled validation pool)")
         problems += int_problems(self, ("initial",))
+        if self.initial_strategy not in ("random", "typiclust"):
+            problems.append(f"initial_strategy must be random or typiclust, got "
+                            f"{self.initial_strategy!r}")
         if len(self.score.strategies) != 1:
             problems.append(f"a loop queries with one strategy, got {list(self.score.strategies)}")
         if set(self.model.modalities) != set(self.columns.modalities):
@@ -302,18 +320,18 @@ class LoopConfig(Config):
 
     def differences(self, other: "LoopConfig") -> list[str]:
         """``key: this -> other`` for every frozen option that differs."""
-        mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
+        mine, theirs = flatten(self.to_dict()), flatten(other.to_dict())
         return [f"{key}: {mine.get(key)!r} -> {theirs.get(key)!r}"
                 for key in sorted(set(mine) | set(theirs))
                 if mine.get(key) != theirs.get(key)]
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in data.items():
         if isinstance(value, Mapping) and key not in ("modality_dims", "branch_widths",
                                                        "embedding_columns"):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -324,11 +342,10 @@ class ComputeConfig(Config):
     """Where and how fast the work runs; nothing in it changes a query or a metric.
 
     ``local``: in this process, no Ray; else on Ray (the embedded one unless ``address``).
-    Scoring: ``score_actors`` Ray Data actors with ``score_cpus_per_actor`` CPUs (None:
-    0.5 on the embedded Ray, where the read tasks need the other CPUs; 1 on a cluster)
-    and ``score_gpus_per_actor`` GPUs, ``score_batch_size`` rows a batch. Training: a
-    Ray Train group of ``train_workers``.
-    """
+    Scoring: ``score_actors`` actors of ``score_cpus_per_actor`` CPUs (None: 0.5 on the
+    embedded Ray, where Ray Data's reads need the other CPUs; 1 on a cluster), their GPUs
+    and batch size; a loop's actors keep the pool ``resident`` (checked and explained in
+    ``alray.scoring.resident``). Training: a Ray Train group of ``train_workers``."""
 
     local: bool = False
     address: str | None = None
@@ -340,6 +357,9 @@ class ComputeConfig(Config):
     train_gpus_per_worker: float = 0.0
     train_cpus_per_worker: float | None = None  # None: the training service's default
     train_threads: int | None = None             # torch threads per worker
+    resident: bool = True                        # False: stream the pool every step
+    resident_dtype: str = "float32"              # or float16: half the memory, rounded
+    resident_memory_mb: int | None = None        # a node's; None: half its Ray memory
 
     def _check(self) -> list[str]:
         problems = int_problems(self, ("score_actors", "score_batch_size", "train_workers"))
@@ -355,45 +375,5 @@ class ComputeConfig(Config):
     @property
     def cpus_per_actor(self) -> float:
         """The scoring actors' CPUs, the default resolved."""
-        if self.score_cpus_per_actor is not None:
-            return float(self.score_cpus_per_actor)
-        return 1.0 if self.address else 0.5
-
-
-@dataclass(frozen=True)
-class SweepConfig(Config):
-    """A strategy x seed grid (plus any LoopConfig option as a list) on Ray Tune."""
-
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    steps: int = DEFAULT_STEPS
-    strategies: tuple[str, ...] = ("random", "margin")
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    grid: Mapping[str, tuple] = field(default_factory=dict)  # dotted key -> values
-    out: str = ""
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int = 0  # 0: as many trials as the resources allow
-
-    _NESTED = {"loop": LoopConfig}
-
-    def _check(self) -> list[str]:
-        problems = []
-        if not self.out:
-            problems.append("out is required (the sweep's folder)")
-        problems += int_problems(self, ("steps",), minimum=0)
-        if not self.strategies:
-            problems.append("strategies needs at least one strategy")
-        if not self.seeds or any(not isinstance(s, int) for s in self.seeds):
-            problems.append(f"seeds must be integers, got {self.seeds!r}")
-        if len(set(self.seeds)) != len(self.seeds):
-            problems.append(f"seeds repeat: {self.seeds!r}")
-        known = _flatten(self.loop.to_dict())
-        for key, values in self.grid.items():
-            if key not in known or key in ("seed", "score.strategies"):
-                problems.append(f"grid option {key!r} is not a loop option (strategies and "
-                                "seeds have their own lists)")
-            if not isinstance(values, (tuple, list)) or not values:
-                problems.append(f"grid option {key!r} needs a non-empty list of values")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            problems.append("cpus_per_trial must be > 0 and gpus_per_trial >= 0")
-        return problems
+        return (float(self.score_cpus_per_actor) if self.score_cpus_per_actor is not None
+                else 1.0 if self.address else 0.5)

@@ -81,6 +81,10 @@ SCIENCE = (
     Option("strategy", "score.strategies", "--strategy",
            "Acquisition strategy (alray score, sweep: several, comma-separated)."),
     Option("initial", "initial", "--initial", "Size of the seeded random initial set."),
+    Option("initial_strategy", "initial_strategy", "--initial-strategy",
+           "random: a seeded uniform draw (the study's); typiclust: the most typical "
+           "labelled post of each of --initial clusters (TypiClust).",
+           CHOICE(["random", "typiclust"])),
     Option("query_size", "score.query_size", "--query-size", "Posts per query."),
     Option("seed", "seed", "--seed", "The run's seed (initial set, weights, masks)."),
     Option("classes", "model.n_classes", "--classes",
@@ -120,6 +124,11 @@ SCIENCE = (
     Option("candidates", "score.candidates", "--candidates",
            "Score only a seeded random subset of this many unlabelled posts (new each "
            "step); 0 = the whole pool."),
+    Option("cluster_margin", "score.cluster_margin", "--cluster-margin",
+           "Cluster-Margin: fill the query round-robin over the clusters of the best "
+           "X x query-size candidates, smallest cluster first; 0 = off (needs --clusters)."),
+    Option("clusters", "score.clusters", "--clusters",
+           "The pool's clustering (a file from alray cluster), for --cluster-margin.", str),
 )
 COMPUTE = (
     Option("local", "compute.local", "--local", "In this process, without Ray."),
@@ -138,12 +147,23 @@ COMPUTE = (
            "--train-gpus-per-worker", "GPUs per training worker."),
     Option("train_cpus_per_worker", "compute.train_cpus_per_worker",
            "--train-cpus-per-worker", "CPUs per training worker [default: 0.5].", float),
+    Option("resident", "compute.resident", "--resident/--streaming",
+           "Loops on Ray: the scoring actors keep their part of the pool in memory "
+           "across steps (read once; streaming if it does not fit); --streaming: read "
+           "the pool through Ray Data every step."),
+    Option("resident_dtype", "compute.resident_dtype", "--resident-dtype",
+           "How the resident pool holds vectors: float16 halves the memory and rounds "
+           "float32 vectors (the query may move by that rounding).",
+           CHOICE(["float32", "float16"])),
+    Option("resident_memory", "compute.resident_memory_mb", "--resident-memory",
+           "MB the resident pool may take on each node [default: half the node's Ray "
+           "memory].", int),
 )
 STEPS = Option("steps", "steps", "--steps", "Steps after the passive one.")
 BY_NAME = {o.name: o for o in (*SCIENCE, *COMPUTE, STEPS)}
 SCORE_SCIENCE = ("strategy", "query_size", "seed", "mc_samples", "head", "sampling",
-                 "sampling_beta", "class_balance", "candidates")
-TRAIN_SCIENCE = ("initial", "seed", "classes", "heads", "dropout", "learning_loss",
+                 "sampling_beta", "class_balance", "candidates", "cluster_margin", "clusters")
+TRAIN_SCIENCE = ("initial", "initial_strategy", "seed", "classes", "heads", "dropout", "learning_loss",
                  "epochs", "lr", "weight_decay", "batch_size", "adaptive_batch",
                  "loss_weighting")
 SCORE_COMPUTE = ("local", "address", "actors", "num_cpus_per_actor", "num_gpus_per_actor",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from alray.cli.common import Progress, friendly_errors, pool_config, pool_options
-from alray.cli.options import TRAIN_SCIENCE, options, overrides
+from alray.cli.options import TRAIN_SCIENCE, default_of, options, overrides
 from alray.errors import ConfigError
 
 
@@ -47,7 +47,8 @@ def run_training(pool_uri, val_uri, columns, out, science: dict, labels_file=Non
     if labels_file:
         data = load_labelled_file(pool_uri, columns, labels_file, model.n_classes)
     else:
-        data = passive_rows(pool_uri, columns, science.get("initial", 2000), train_cfg.seed)
+        data = passive_rows(pool_uri, columns, science.get("initial", default_of("initial")),
+                            train_cfg.seed, science.get("initial_strategy", "random"))
     val = load_rows(val_uri, columns) if val_uri else None
     bar = Progress(total=train_cfg.epochs, desc="train", unit="epoch")
     result = train_passive(data, model, train_cfg, val,

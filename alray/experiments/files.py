@@ -11,9 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from alray.config import DEFAULT_STEPS, LoopConfig, PoolConfig, SweepConfig, TrainConfig
+from alray.config import DEFAULT_STEPS, LoopConfig, PoolConfig, TrainConfig
 from alray.pool.synthetic import GeneratorConfig
 from alray.errors import ConfigError
+from alray.experiments.sweep import SweepConfig
 
 FILE_KEYS = {"kind", "description", "pool", "val", "strategies", "seeds", "steps", "set", "grid",
              "cpus_per_trial", "gpus_per_trial", "max_concurrent", "smoke"}

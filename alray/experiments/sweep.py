@@ -13,18 +13,60 @@ from __future__ import annotations
 
 import itertools
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from alray.config import ComputeConfig, SweepConfig
+from alray.config import DEFAULT_STEPS, ComputeConfig, Config, LoopConfig, flatten, int_problems
 from alray.errors import StateError
 from alray.pool import io
 
 EXPERIMENT = "tune"
 CURVES = "curves.parquet"
 SWEEP_FILE = "sweep.json"
+
+
+@dataclass(frozen=True)
+class SweepConfig(Config):
+    """A strategy x seed grid (plus any LoopConfig option as a list) on Ray Tune."""
+
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    steps: int = DEFAULT_STEPS
+    strategies: tuple[str, ...] = ("random", "margin")
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    grid: Mapping[str, tuple] = field(default_factory=dict)  # dotted key -> values
+    out: str = ""
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 0  # 0: as many trials as the resources allow
+
+    _NESTED = {"loop": LoopConfig}
+
+    def _check(self) -> list[str]:
+        problems = []
+        if not self.out:
+            problems.append("out is required (the sweep's folder)")
+        problems += int_problems(self, ("steps",), minimum=0)
+        if not self.strategies:
+            problems.append("strategies needs at least one strategy")
+        if not self.seeds or any(not isinstance(s, int) for s in self.seeds):
+            problems.append(f"seeds must be integers, got {self.seeds!r}")
+        if len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds repeat: {self.seeds!r}")
+        known = flatten(self.loop.to_dict())
+        for key, values in self.grid.items():
+            if key not in known or key in ("seed", "score.strategies"):
+                problems.append(f"grid option {key!r} is not a loop option (strategies and "
+                                "seeds have their own lists)")
+            if not isinstance(values, (tuple, list)) or not values:
+                problems.append(f"grid option {key!r} needs a non-empty list of values")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            problems.append("cpus_per_trial must be > 0 and gpus_per_trial >= 0")
+        return problems
+
 
 
 def trial_overrides(sweep: SweepConfig, params: dict) -> dict:

@@ -53,11 +53,14 @@ def run_loop(run: RunDir, compute: ComputeConfig = ComputeConfig(),
         local=compute.local, workers=compute.train_workers,
         use_gpu=compute.train_gpus_per_worker > 0, threads=compute.train_threads,
         storage_path=str((run.path / "ray_train").resolve()), **resources)
+    session = None
     try:
         session = open_session(run, compute, service)
         run.set_budget(last)  # a resume without --steps goes on to the extended budget
         return session.advance(last, progress)
     finally:
+        if session is not None:
+            session.close()
         service.close()
 
 
@@ -85,6 +88,12 @@ class Session:
         self.data: PostArrays | None = None
         self.weights, self.train_state = None, None
         self._pool_labelled = None  # assessors: the pool's own labelled ids, read once
+        self.resident = None  # the scoring actors holding the pool (alray.scoring.resident)
+
+    def close(self) -> None:
+        if self.resident:
+            self.resident.close()
+        self.resident = None
 
     # --- the loop ----------------------------------------------------------------------
     def advance(self, last: int, progress: Progress | None) -> Outcome:
@@ -127,20 +136,19 @@ class Session:
 
     # --- step 0 -------------------------------------------------------------------------
     def _initial_rows(self) -> pa.Table:
-        from alray.pool.load import draw_labelled, load_rows, read_ids_and_labels
+        from alray.pool.load import load_rows_in_order
+        from alray.train.passive import initial_ids
 
         rows = self._rows_of(0)
         if rows is None:
             cfg = self.config
-            pool_ids, pool_labels = read_ids_and_labels(cfg.pool_uri, cfg.columns)
-            ids, labels = draw_labelled(pool_ids, pool_labels, cfg.initial, cfg.seed,
-                                        cfg.pool_uri)
-            rows = self._label_rows(ids, labels, 0, "initial", pool_ids.dtype)
+            ids, labels = initial_ids(cfg.pool_uri, cfg.columns, cfg.initial, cfg.seed,
+                                      cfg.initial_strategy)
+            rows = self._label_rows(ids, labels, 0, "initial", ids.dtype)
             self._write_label_rows(0, rows)
         labels = dict(zip(rows.column("id").to_pylist(), rows.column("label").to_pylist()))
-        self.data = _in_order(load_rows(self.config.pool_uri, self.config.columns,
-                                        ids=np.asarray(list(labels)), labels=labels),
-                              rows.column("id").to_pylist())
+        self.data = load_rows_in_order(self.config.pool_uri, self.config.columns,
+                                       rows.column("id").to_pylist(), labels)
         return rows
 
     # --- step s: score, query, label ----------------------------------------------------
@@ -151,14 +159,23 @@ class Session:
         # the model in memory: no re-read of the checkpoint just written, and on a
         # cluster the scoring actors need no access to the run directory
         model = {"architecture": cfg.model.to_dict(), "weights": self.weights}
-        queries = score_pool(
-            # a fresh step gives every post fresh sampling noise (stochastic acquisition)
-            cfg.pool_uri, model, cfg.score, cfg.columns, exclude_ids=self._excluded(),
-            compute=self.compute, step=step, carry=True)
+        if self.resident is None and self.compute.resident and not self.compute.local:
+            from alray.scoring.resident import open_resident  # None: streaming (warned)
+
+            self.resident = open_resident(cfg.pool_uri, cfg.columns, self.compute) or False
+        # a fresh step gives every post fresh sampling noise (stochastic acquisition)
+        if self.resident:  # the same query, the pool read once per session
+            queries = self.resident.score(model, cfg.score, self._excluded(), step, carry=True)
+        else:
+            queries = score_pool(cfg.pool_uri, model, cfg.score, cfg.columns,
+                                 exclude_ids=self._excluded(), compute=self.compute,
+                                 step=step, carry=True)
         query = queries[cfg.strategy]
         score_s = time.perf_counter() - started
         sent = query.append_column("step", pa.array([step] * query.num_rows, pa.int64()))
-        self.run.write_query(sent.select(list(QUERY_COLUMNS)), step, csv=cfg.assessors)
+        # the pool's shown columns (a URL, a title) travel with the query for assessors
+        self.run.write_query(sent.select([*QUERY_COLUMNS, *cfg.columns.show_columns]), step,
+                             csv=cfg.assessors)
         if cfg.assessors:
             self.state = RunState(self.state.step, self.state.checkpoint, open_query=step)
             self.run.write_state(self.state)
@@ -293,16 +310,15 @@ class Session:
     def load_labelled(self) -> PostArrays | None:
         """The labelled set, in the labels table's order (training shuffles positions,
         so the order is part of what makes a resumed step equal an uninterrupted one)."""
-        from alray.pool.load import load_rows
+        from alray.pool.load import load_rows_in_order
 
         table = self.run.read_labels()
         if table is None or self.state.step < 0:
             return None
         table = table.filter(pc.is_valid(table.column("label")))
         labels = dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist()))
-        data = load_rows(self.config.pool_uri, self.config.columns,
-                         ids=np.asarray(list(labels)), labels=labels)
-        return _in_order(data, table.column("id").to_pylist())
+        return load_rows_in_order(self.config.pool_uri, self.config.columns,
+                                  table.column("id").to_pylist(), labels)
 
     @staticmethod
     def _label_rows(ids, labels, step: int, source: str, id_dtype) -> pa.Table:
@@ -311,12 +327,6 @@ class Session:
                          "step": pa.array([step] * len(ids), pa.int64()),
                          "source": pa.array([source] * len(ids), pa.string())},
                         schema=labels_schema(id_type))
-
-
-def _in_order(data: PostArrays, ids: list) -> PostArrays:
-    """``data``'s rows reordered to follow ``ids``."""
-    position = {value: i for i, value in enumerate(data.ids.tolist())}
-    return data.take(np.array([position[i] for i in ids], dtype=np.int64))
 
 
 __all__ = ["Outcome", "Session", "open_session", "run_loop"]

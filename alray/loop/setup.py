@@ -103,6 +103,8 @@ def new_config(pool_uri: str, val_uri: str, columns: PoolConfig = PoolConfig(),
 
     overrides = dict(overrides or {})
     n_classes = overrides.pop("model.n_classes", None)
+    if overrides.get("score.clusters"):  # the run may resume from another folder
+        overrides["score.clusters"] = io.absolute_uri(overrides["score.clusters"])
     dims = infer_dims(pool_uri, columns)
     model = ModelConfig(modality_dims=dims, branch_widths=branch_widths_for(dims))
     config = LoopConfig(pool_uri=io.absolute_uri(pool_uri), val_uri=io.absolute_uri(val_uri),

@@ -11,6 +11,8 @@ MC dropout with fixed seeded masks. Ray must already be connected on the Ray pat
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
 from contextlib import contextmanager
@@ -58,13 +60,40 @@ def score_pool(pool_uri: str, model: str | Mapping, score: ScoreConfig,
         raise ConfigError("score_pool: carry and scores_out cannot be combined")
     plan = plan_scoring(pool_uri, model, score, columns, exclude_ids, step,
                         keep_all=scores_out is not None, carry=carry)
+    if score.cluster_margin:  # the exact top k_m first; the round robin picks from them
+        left = plan.total_rows - plan.excluded_rows
+        wide = score.replace(cluster_margin=0.0, query_size=min(left, math.ceil(
+            score.cluster_margin * score.query_size)))
+        plan = dataclasses.replace(plan, score=wide)
     if scores_out is not None:
         with io.atomic_directory(scores_out) as tmp:
             _run(plan, compute, progress, tmp)
-        merger = merge_scores(scores_out, score, step)
+        merger = merge_scores(scores_out, plan.score, step, plan.carries)
     else:
         merger = _run(plan, compute, progress, None)
-    return merger.queries(plan.id_type)
+    queries = merger.queries(plan.id_type)
+    return _cluster_round_robin(queries, score) if score.cluster_margin else queries
+
+
+def _cluster_round_robin(queries: dict[str, pa.Table], score: ScoreConfig
+                         ) -> dict[str, pa.Table]:
+    """Cluster-Margin: each strategy's query filled round-robin over the clusters of its
+    top-k_m candidates, smallest cluster first (``alray.acquisition.diversity``)."""
+    from alray.acquisition.diversity import round_robin
+    from alray.scoring.clusters import groups_of, read_clusters
+
+    known_ids, known_groups = read_clusters(score.clusters)
+    out = {}
+    for name, table in queries.items():
+        ids = table.column("id").to_numpy(zero_copy_only=False)
+        picked = round_robin(table.column("score").to_numpy(), ids,
+                             groups_of(ids, known_ids, known_groups, score.clusters),
+                             score.query_size)
+        table = table.take(pa.array(picked, pa.int64()))
+        rank = table.schema.get_field_index("rank")
+        out[name] = table.set_column(rank, "rank", pa.array(
+            range(1, table.num_rows + 1), pa.int64()))
+    return out
 
 
 def _run(plan: ScoringPlan, compute: ComputeConfig, progress: Progress | None,
@@ -77,7 +106,7 @@ def _run(plan: ScoringPlan, compute: ComputeConfig, progress: Progress | None,
 def _score_local(plan: ScoringPlan, compute: ComputeConfig, progress: Progress | None,
                  scores_dir) -> QueryMerger:
     scorer = BatchScorer(**plan.scorer_args())
-    merger, done, n_written = QueryMerger(plan.score, plan.carry), 0, 0
+    merger, done, n_written = QueryMerger(plan.score, plan.carries), 0, 0
     for shard in plan.shards:
         for batch in io.iter_batches(shard, list(plan.read_columns), compute.score_batch_size):
             try:
@@ -112,7 +141,7 @@ def _score_ray(plan: ScoringPlan, compute: ComputeConfig, progress: Progress | N
         counter = ray.remote(num_cpus=0)(RowCounter).remote()
         kwargs["counter"] = counter
         poller = _Poller(counter, plan.total_rows, progress)
-    merger = QueryMerger(plan.score, plan.carry)
+    merger = QueryMerger(plan.score, plan.carries)
     try:
         with footer_readers(len(plan.shards)):
             _execute(plan, compute, kwargs, merger, scores_dir)
@@ -228,18 +257,20 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else text
 
 
-def write_query(tables: dict[str, pa.Table], out: str, step: int = 0) -> pa.Table:
+def write_query(tables: dict[str, pa.Table], out: str, step: int = 0,
+                shown: tuple[str, ...] = ()) -> pa.Table:
     """Write every strategy's query into one Parquet file at ``out`` (atomic); returns it.
 
-    Columns in ``QUERY_COLUMNS`` order, with ``step`` added.
+    Columns in ``QUERY_COLUMNS`` order, with ``step`` added, then the pool's ``shown``
+    columns (``PoolConfig.show_columns``).
     """
     parts = []
     for table in tables.values():
         table = table.append_column("step", pa.array([step] * table.num_rows, pa.int64()))
-        parts.append(table.select(list(QUERY_COLUMNS)))
+        parts.append(table.select([*QUERY_COLUMNS, *shown]))
     if not parts:
         raise ConfigError("write_query: no query tables to write")
-    table = pa.concat_tables(parts)
+    table = pa.concat_tables(parts, promote_options="permissive")
     io.write_table(table, out)
     return table
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from alray.config import ModelConfig, PoolConfig, TrainConfig, branch_widths_for
 from alray.pool.arrays import PostArrays
 
@@ -30,13 +32,29 @@ def model_for_pool(pool_uri: str, columns: PoolConfig, n_classes: int | None = N
                        n_classes=n_classes, **options)
 
 
-def passive_rows(pool_uri: str, columns: PoolConfig, initial: int, seed: int) -> PostArrays:
-    """The loop's initial set for ``seed``: ``initial`` labelled posts drawn uniformly,
-    in the order drawn."""
-    from alray.pool.load import draw_labelled, load_rows_in_order, read_ids_and_labels
+def initial_ids(pool_uri: str, columns: PoolConfig, initial: int, seed: int,
+                strategy: str = "random"):
+    """The ids and labels of the initial set: ``initial`` labelled posts, drawn
+    uniformly (``random``, the study's) or TypiClust's typical posts (``typiclust``),
+    in the order chosen; ``(ids, labels)`` arrays."""
+    from alray.pool.load import draw_labelled, read_ids_and_labels
 
     ids, labels = read_ids_and_labels(pool_uri, columns)
-    picked, picked_labels = draw_labelled(ids, labels, initial, seed, pool_uri)
+    if strategy == "random":
+        return draw_labelled(ids, labels, initial, seed, pool_uri)
+    from alray.scoring.clusters import typical_ids
+
+    picked = typical_ids(pool_uri, columns, initial, seed)
+    order = np.argsort(ids, kind="stable")
+    return picked, labels[order][np.searchsorted(ids[order], picked)]
+
+
+def passive_rows(pool_uri: str, columns: PoolConfig, initial: int, seed: int,
+                 strategy: str = "random") -> PostArrays:
+    """The loop's initial set for ``seed`` (``initial_ids``), in the order chosen."""
+    from alray.pool.load import load_rows_in_order
+
+    picked, picked_labels = initial_ids(pool_uri, columns, initial, seed, strategy)
     return load_rows_in_order(pool_uri, columns, picked,
                               dict(zip(picked.tolist(), picked_labels.tolist())))
 
@@ -58,4 +76,4 @@ def train_passive(data: PostArrays, model: ModelConfig, train: TrainConfig,
             "history": reply["history"], "metrics": metrics}
 
 
-__all__ = ["model_for_pool", "passive_rows", "train_passive"]
+__all__ = ["initial_ids", "model_for_pool", "passive_rows", "train_passive"]

@@ -32,7 +32,8 @@ def test_configs_are_shipped():
 def test_shipped_config_parses(config, tmp_path):
     from alray.acquisition import check_names
     from alray.experiments.files import parse_seeds
-    from alray.config import LoopConfig, SweepConfig
+    from alray.config import LoopConfig
+    from alray.experiments.sweep import SweepConfig
     from alray.loop.setup import apply_overrides
 
     data = read_experiment(config)
