@@ -87,7 +87,7 @@ def margin(probs) -> np.ndarray:
     return top2[:, 0] - top2[:, 1]
 
 
-def _entropy_rows(p: np.ndarray) -> np.ndarray:
+def entropy_rows(p: np.ndarray) -> np.ndarray:
     """``-sum p log p`` per row of a checked ``(n, c)`` float64 array; 0 log 0 = 0."""
     logs = np.zeros_like(p)
     np.log(p, out=logs, where=p > 0)
@@ -96,7 +96,7 @@ def _entropy_rows(p: np.ndarray) -> np.ndarray:
 
 def entropy(probs) -> np.ndarray:
     """Shannon entropy in nats. probs: ``(n, c)``. Returns ``(n,)`` in [0, log c]."""
-    return _entropy_rows(check_probs(probs))
+    return entropy_rows(check_probs(probs))
 
 
 def bald(mean_probs, mean_entropy) -> np.ndarray:
@@ -116,7 +116,7 @@ def bald(mean_probs, mean_entropy) -> np.ndarray:
     n_neg = int(np.count_nonzero(h_each < 0))
     if n_neg:
         raise ValueError(f"mean_entropy has {n_neg} negative values; entropies are >= 0")
-    scores = _entropy_rows(p) - h_each
+    scores = entropy_rows(p) - h_each
     real = scores < -BALD_ROUNDING_TOL
     if real.any():
         raise ValueError(

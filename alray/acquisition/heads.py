@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from alray.acquisition.functions import _entropy_rows, bald, check_probs
+from alray.acquisition.functions import entropy_rows, bald, check_probs
 
 
 def _check_heads(head_probs, head_present) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def head_disagreement(head_probs, head_present) -> np.ndarray:
     n, h, c = p.shape
     weights = present / present.sum(axis=1, keepdims=True)  # (n, h)
     mean_probs = np.einsum("nh,nhc->nc", weights, p)
-    entropies = _entropy_rows(p.reshape(n * h, c)).reshape(n, h)
+    entropies = entropy_rows(p.reshape(n * h, c)).reshape(n, h)
     return bald(mean_probs, (weights * entropies).sum(axis=1))
 
 
