@@ -134,7 +134,9 @@ class ScoringService:
             "dims": self.model.dims, "columns": cfg.columns.to_dict(),
             "id_type": cfg.id_type, "strategies": list(cfg.strategies),
             "route_strategy": cfg.route_strategy, "route_budget": cfg.route_budget,
-            "top_classes": cfg.top_classes, "max_body_mb": cfg.max_body_mb})
+            "top_classes": cfg.top_classes, "max_body_mb": cfg.max_body_mb,
+            "max_posts": cfg.max_posts, "max_decoded_mb": cfg.max_decoded_mb,
+            "checkpoint_root": cfg.checkpoint_root})
 
     async def _reload(self, request):
         """Load the asked (or the run's latest) checkpoint here first: a checkpoint that

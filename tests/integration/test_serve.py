@@ -274,6 +274,8 @@ def test_routed_posts_round_trip_into_the_loop(service, run_dir, tmp_path):
 
     before = requests.get(f"{service.url}/info", headers=AUTH, timeout=30).json()
     assert before["calibration_posts"] == 140 and before["threshold"] is not None
+    assert (before["max_posts"], before["checkpoint_root"]) == (
+        20_000, service.config.checkpoint_root)
     routed_ids, seen = [], 0
     for i in range(10):
         table = posts_table(100, seed=100 + i, first_id=40_000 + 100 * i)
