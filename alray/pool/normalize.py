@@ -103,6 +103,50 @@ def normalize_table(table: pa.Table | pa.RecordBatch, id_column: str = "id",
     return out
 
 
+def read_schema(schemas: list[pa.Schema], id_column: str, label_column: str,
+                embedding_columns: list[str], columns: list[str]) -> pa.Schema | None:
+    """One schema every shard can be read as, for readers that need it up front (Ray
+    Data's ``read_parquet`` unifies the shards' schemas and refuses ``dictionary``
+    against ``large_string``, ``int32`` against ``int64``, ``list`` against
+    ``large_list``); None when the shards already agree on ``columns``.
+
+    The id becomes int64 or string; an embedding that differs becomes
+    ``list<float32>`` (the model reads float32 anyway); a label that differs becomes
+    float64 when any shard holds floats (NaN = unlabelled), else int64.
+    """
+    fields = []
+    for name in columns:
+        types = [s.field(name).type for s in schemas if name in s.names]
+        if not types:
+            continue
+        if all(t == types[0] for t in types):
+            fields.append(pa.field(name, types[0]))
+        elif name == id_column:
+            kinds = {id_type_of(t) for t in types}
+            if len(kinds) != 1 or None in kinds:
+                raise PoolSchemaError(f"column {name}: the shards hold ids of types "
+                                      f"{sorted(set(map(str, types)))}: integers in some, "
+                                      "text in others")
+            fields.append(pa.field(name, kinds.pop()))
+        elif name in embedding_columns:
+            fields.append(pa.field(name, pa.list_(pa.float32())))
+        elif name == label_column:
+            floats = any(pa.types.is_floating(t) for t in types)
+            fields.append(pa.field(name, pa.float64() if floats else pa.int64()))
+        else:
+            try:
+                fields.append(pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types],
+                                               promote_options="permissive").field(name))
+            except pa.ArrowException:
+                raise PoolSchemaError(f"column {name}: the shards hold it as "
+                                      f"{sorted(set(map(str, types)))}, which do not "
+                                      "unify") from None
+    if all(name not in s.names or s.field(name).type == f.type
+           for s in schemas for f in fields for name in [f.name]):
+        return None
+    return pa.schema(fields)
+
+
 def _integral_labels(column: pa.Array, ids, name: str, where: str, first_row: int
                      ) -> pa.Array:
     values = column.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
@@ -152,4 +196,4 @@ def _at(where: str) -> str:
 
 
 __all__ = ["id_type_of", "is_label_type", "normalize_ids", "normalize_labels",
-           "normalize_table"]
+           "normalize_table", "read_schema"]

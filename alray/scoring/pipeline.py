@@ -23,6 +23,7 @@ import pyarrow as pa
 from alray.config import ComputeConfig, PoolConfig, ScoreConfig
 from alray.errors import AlrayError, ConfigError, PoolSchemaError
 from alray.pool import io
+from alray.pool.normalize import read_schema
 from alray.pool.schema import QUERY_COLUMNS
 from alray.runtime import require_ray
 from alray.scoring.merge import QueryMerger, merge_scores
@@ -181,7 +182,12 @@ def _execute(plan: ScoringPlan, compute: ComputeConfig, kwargs: dict,
     import ray.data
 
     paths = [s.path for s in plan.shards]
-    ds = ray.data.read_parquet(paths, filesystem=plan.shards[0].fs)
+    # shards of other but compatible types (pandas' large_string beside string ids, ...)
+    schema = read_schema([io.open_parquet(s).schema_arrow for s in plan.shards],
+                         plan.columns.id_column, plan.columns.label_column,
+                         list(plan.columns.embedding_columns.values()), list(plan.read_columns))
+    ds = ray.data.read_parquet(paths, filesystem=plan.shards[0].fs,
+                               **({"schema": schema} if schema is not None else {}))
     ds = ds.select_columns(list(plan.read_columns))
     ds = ds.map_batches(
         BatchScorer, fn_constructor_kwargs=kwargs, batch_size=compute.score_batch_size,

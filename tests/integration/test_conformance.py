@@ -179,6 +179,7 @@ def test_every_command_over_the_pool(writer, tmp_path, one_thread):
         tmp_path / "query.parquet", "--query-size", "3", "--local")
     query = pq.read_table(tmp_path / "query.parquet")
     assert query.num_rows == 3 and set(query.column("id").to_pylist()) <= pool_ids
+    assert query.schema.field("id").type in CANONICAL
 
     run = tmp_path / "run"
     cli("loop", "--pool", pool, "--val", val, "--run-dir", run, "--initial", "8",
@@ -187,6 +188,9 @@ def test_every_command_over_the_pool(writer, tmp_path, one_thread):
     labels = pq.read_table(run / "labels.parquet")
     assert labels.schema.field("id").type in CANONICAL
     assert labels.column("step").to_pylist() == [0] * 8 + [1] * 3 + [2] * 3
+    for step in (1, 2):
+        sent = pq.read_schema(run / "queries" / f"step-{step:05d}.parquet")
+        assert sent.field("id").type == labels.schema.field("id").type
     assert set(labels.column("id").to_pylist()) <= pool_ids
     metrics = pq.read_table(run / "metrics.parquet")
     assert metrics.column("step").to_pylist() == [0, 1, 2]
@@ -249,8 +253,17 @@ def test_online_posts_and_queue_on_a_pandas_pool(tmp_path, one_thread):
     assert pq.read_table(run / "labels.parquet").column("step").to_pylist()[-3:] == [2] * 3
 
 
-def test_smoke_sweep_on_a_pool_of_mixed_id_types(tmp_path, ray_session):
+def test_ray_scoring_and_a_smoke_sweep_on_a_pool_of_mixed_types(tmp_path, ray_session):
+    """Ray Data reads shards of dictionary, large_string and string ids and of list,
+    large_list and fixed-size embeddings as one pool; then a sweep on Ray Tune."""
     files = WRITERS["pyarrow-str"](tmp_path)
+    cli("train", "--pool", files["pool"], "--labels-from-pool", "--initial", "8",
+        "--out", tmp_path / "ckpt", *FAST)
+    for where in ([], ["--local"]):
+        cli("score", "--pool", files["pool"], "--checkpoint", tmp_path / "ckpt", "--out",
+            tmp_path / f"query{len(where)}.parquet", "--query-size", "3", *where)
+    on_ray, local = (pq.read_table(tmp_path / f"query{i}.parquet") for i in (0, 1))
+    assert on_ray.column("id").to_pylist() == local.column("id").to_pylist()
     out = tmp_path / "sweep"
     cli("sweep", "--pool", files["pool"], "--val", files["val"], "--out", out,
         "--strategies", "random,margin", "--seeds", "0", "--steps", "1",

@@ -290,3 +290,19 @@ def test_a_new_run_refuses_duplicate_ids_in_the_pool(tmp_path):
                         fused_widths=(4,), n_classes=5)
     with pytest.raises(LabelsError, match=r"pool: 5 ids occur more than once \(first: 25\)"):
         check_inputs(LoopConfig(pool_uri=pool, val_uri=val, initial=10, model=model))
+
+
+def test_read_schema_unifies_shards_only_when_they_differ():
+    from alray.pool.normalize import read_schema
+
+    names = ["id", "image_emb", "label"]
+    one = pa.schema([("id", pa.int64()), ("image_emb", pa.list_(pa.float32(), 4)),
+                     ("label", pa.int64())])
+    assert read_schema([one, one], "id", "label", ["image_emb"], names) is None
+    other = pa.schema([("id", pa.int32()), ("image_emb", pa.large_list(pa.float64())),
+                       ("label", pa.float64())])
+    assert read_schema([one, other], "id", "label", ["image_emb"], names) == pa.schema(
+        [("id", pa.int64()), ("image_emb", pa.list_(pa.float32())), ("label", pa.float64())])
+    text = pa.schema([("id", pa.string())])
+    with pytest.raises(PoolSchemaError, match="integers in some, text in others"):
+        read_schema([one, text], "id", "label", ["image_emb"], ["id"])
