@@ -37,7 +37,8 @@ from alray.serve.routing import ROUTED_DIR, ROUTED_PATTERN
 
 def queue_routed(run_dir: str | os.PathLike) -> dict:
     """Make the routed posts of ``run_dir`` its open query; returns
-    ``{"step", "queued", "dropped", "pool_shard", "query"}``."""
+    ``{"step", "queued", "dropped", "refused", "pool_shard", "query"}`` (``refused``:
+    the ids in the pool with other embeddings, left out)."""
     from alray.loop.setup import reopen_run
     from alray.loop.state import RunState
     from alray.pool import io
