@@ -41,8 +41,13 @@ class GeneratorConfig(Config):
     missing_image: float = 0.15     # share of posts without an image embedding
     missing_text: float = 0.10      # share of posts without a text embedding
     label_noise: float = 0.10       # share of labels an assessor gets wrong
+    # knobs that can show the study's negative results; 0 (off) keeps the pools above
+    confusion_noise: float = 0.0    # extra flips to the neighbour class, ~ how confusable
+    junk: float = 0.0               # share of off-topic posts with near-random labels
+    missing_by_class: float = 0.0   # log-sd of per-class missingness (0: independent)
     shard_rows: int = 50_000
-    seed: int = 0
+    seed: int = 0                   # the posts drawn
+    world_seed: int | None = None   # the classes, centres and maps; None: seed
 
     def _check(self) -> list[str]:
         problems = int_problems(self, ("rows", "classes", "image_dim", "text_dim",
@@ -50,7 +55,8 @@ class GeneratorConfig(Config):
         problems += int_problems(self, ("val_rows",), minimum=0)
         if isinstance(self.classes, int) and self.classes < 2:
             problems.append("classes must be >= 2")
-        for name in ("missing_image", "missing_text", "label_noise", "overlap"):
+        for name in ("missing_image", "missing_text", "label_noise", "overlap",
+                     "confusion_noise", "junk"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {value!r}")
@@ -58,7 +64,7 @@ class GeneratorConfig(Config):
             problems.append("missing_image + missing_text must be < 1: every post keeps "
                             "at least one modality")
         for name in ("imbalance", "subtopic_spread", "class_separation", "image_noise",
-                     "text_noise"):
+                     "text_noise", "missing_by_class"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
         return problems
@@ -71,10 +77,12 @@ class World:
     subtopics: np.ndarray   # (classes, subtopics, latent)
     neighbour: np.ndarray   # (classes,) the most confusable other class
     maps: dict              # modality -> (latent, dim) projection
+    missing: dict           # modality -> (classes,) share of posts without it
 
 
 def make_world(cfg: GeneratorConfig) -> World:
-    rng = seeds.rng(cfg.seed, "world")
+    world_seed = cfg.seed if cfg.world_seed is None else cfg.world_seed
+    rng = seeds.rng(world_seed, "world")
     ranks = np.arange(1, cfg.classes + 1, dtype=np.float64)
     priors = ranks ** -cfg.imbalance
     priors = priors[rng.permutation(cfg.classes)] / priors.sum()
@@ -90,7 +98,21 @@ def make_world(cfg: GeneratorConfig) -> World:
     np.fill_diagonal(dist, np.inf)
     maps = {m: rng.standard_normal((cfg.latent_dim, d)) / np.sqrt(cfg.latent_dim)
             for m, d in (("image", cfg.image_dim), ("text", cfg.text_dim))}
-    return World(priors, centres, subtopics, dist.argmin(1), maps)
+    return World(priors, centres, subtopics, dist.argmin(1), maps,
+                 _missing_rates(cfg, priors, world_seed))
+
+
+def _missing_rates(cfg: GeneratorConfig, priors: np.ndarray, world_seed: int) -> dict:
+    """Per class, the share of posts missing each modality: the configured share times a
+    log-normal class factor (``missing_by_class``), the prior-weighted mean kept; text's
+    rate is conditional on the image being there, so one modality always is."""
+    rng = seeds.rng(world_seed, "missingness")
+    rates = {}
+    for name, share in (("image", cfg.missing_image), ("text", cfg.missing_text)):
+        factor = np.exp(cfg.missing_by_class * rng.standard_normal(cfg.classes))
+        rates[name] = np.clip(share * factor / (priors @ factor), 0.0, 0.95)
+    rates["text"] = np.clip(rates["text"] / np.maximum(1.0 - rates["image"], 0.05), 0.0, 0.95)
+    return rates
 
 
 def generate_rows(cfg: GeneratorConfig, world: World, stream: int, chunk: int, n: int,
@@ -101,10 +123,13 @@ def generate_rows(cfg: GeneratorConfig, world: World, stream: int, chunk: int, n
     sub = rng.integers(0, cfg.subtopics, size=n)
     latent = world.centres[classes] + world.subtopics[classes, sub] \
         + rng.standard_normal((n, cfg.latent_dim))
-    missing_image = rng.random(n) < cfg.missing_image
-    # conditional rate so that the marginal share of missing text is cfg.missing_text
-    p_text = cfg.missing_text / (1.0 - cfg.missing_image) if cfg.missing_image < 1 else 0.0
-    missing_text = ~missing_image & (rng.random(n) < p_text)
+    # the new knobs draw from their own streams: pools without them stay as they were
+    extra = seeds.rng(cfg.seed, "knobs", stream, chunk)
+    junk = extra.random(n) < cfg.junk  # off topic: no class structure at all
+    latent[junk] = extra.standard_normal((int(junk.sum()), cfg.latent_dim)) \
+        * np.sqrt(cfg.class_separation ** 2 + cfg.subtopic_spread ** 2 + 1.0)
+    missing_image = rng.random(n) < world.missing["image"][classes]
+    missing_text = ~missing_image & (rng.random(n) < world.missing["text"][classes])
     columns = {"id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64))}
     for modality, noise, missing in (("image", cfg.image_noise, missing_image),
                                      ("text", cfg.text_noise, missing_text)):
@@ -112,7 +137,10 @@ def generate_rows(cfg: GeneratorConfig, world: World, stream: int, chunk: int, n
         emb = np.tanh(view @ world.maps[modality]).astype(np.float32)
         emb[missing] = 0.0
         columns[f"{modality}_emb"] = fixed_list_array(emb, missing)
-    columns["label"] = pa.array(_noisy_labels(cfg, world, rng, classes), type=pa.int64())
+    labels = _noisy_labels(cfg, world, rng, classes)
+    labels = _confused_labels(cfg, world, extra, classes, latent, labels)
+    labels[junk] = extra.integers(0, cfg.classes, size=int(junk.sum()))  # a guess
+    columns["label"] = pa.array(labels, type=pa.int64())
     return pa.table(columns)
 
 
@@ -123,6 +151,25 @@ def _noisy_labels(cfg, world, rng, classes):
     wrong = np.where(to_neighbour, world.neighbour[classes],
                      rng.integers(0, cfg.classes, size=len(classes)))
     return np.where(flip, wrong, classes).astype(np.int64)
+
+
+def confusability(world: World, classes: np.ndarray, latent: np.ndarray) -> np.ndarray:
+    """``(n,)`` in (0, 1): 1 / (1 + exp((d_neighbour - d_own) / dims)) with d the squared
+    latent distance to the post's class centre and to its neighbour class's centre: 0.5
+    on the boundary between them, near 0 deep inside the post's class."""
+    own = ((latent - world.centres[classes]) ** 2).sum(1)
+    other = ((latent - world.centres[world.neighbour[classes]]) ** 2).sum(1)
+    return 1.0 / (1.0 + np.exp(np.clip((other - own) / latent.shape[1], -50, 50)))
+
+
+def _confused_labels(cfg, world, rng, classes, latent, labels):
+    """``confusion_noise``: a post goes to its neighbour class with probability
+    ``min(1, 2 x confusion_noise x confusability)``, so mistakes gather near boundaries."""
+    if not cfg.confusion_noise:
+        return labels
+    p = np.minimum(1.0, 2.0 * cfg.confusion_noise * confusability(world, classes, latent))
+    flip = rng.random(len(classes)) < p
+    return np.where(flip, world.neighbour[classes], labels).astype(np.int64)
 
 
 def fixed_list_array(matrix: np.ndarray, missing: np.ndarray) -> pa.Array:
