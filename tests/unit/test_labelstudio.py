@@ -173,6 +173,14 @@ def test_reserved_or_odd_pass_through_names_are_refused(tmp_path):
         write_label_studio(query, tmp_path / "q", n_classes=10)
 
 
+def test_embeddings_carried_along_are_not_task_data(tmp_path):
+    query = query_with_fields().append_column(
+        "image_emb", pa.array([[0.5, 0.25]] * 3, pa.list_(pa.float32())))
+    paths = write_label_studio(query, tmp_path / "q", n_classes=10)
+    assert all("image_emb" not in t["data"] for t in json.loads(paths["tasks"].read_text()))
+    assert "image_emb" not in paths["config"].read_text()
+
+
 def test_class_names_file(tmp_path):
     good = tmp_path / "names.txt"
     good.write_text("cat\n dog \n\n\n")

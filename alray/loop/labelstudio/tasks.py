@@ -68,8 +68,12 @@ def write_label_studio(query: pa.Table, out: str | os.PathLike, *,
 
 
 def pass_through_columns(query: pa.Table) -> list[str]:
-    """The query's columns that are not alray's own: shown to the assessor as task data."""
-    shown = [name for name in query.column_names if name not in QUERY_COLUMNS]
+    """The query's columns that are not alray's own: shown to the assessor as task data.
+    Only plain values are shown: an embedding (list), struct or binary column a scorer
+    carried along is left out of the tasks."""
+    shown = [f.name for f in query.schema if f.name not in QUERY_COLUMNS
+             and not (pa.types.is_nested(f.type) or pa.types.is_binary(f.type)
+                      or pa.types.is_large_binary(f.type))]
     bad = [name for name in shown if name in RESERVED or not FIELD_NAME.fullmatch(name)]
     if bad:
         raise ConfigError(f"pass-through column(s) {', '.join(map(repr, bad))} cannot be "
