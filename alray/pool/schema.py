@@ -114,8 +114,11 @@ def is_id_type(t: pa.DataType) -> bool:
 
 
 def is_label_type(t: pa.DataType) -> bool:
-    # pandas writes nullable integer columns as float64 with NaN: accept integral floats
-    return pa.types.is_integer(t) or pa.types.is_floating(t)
+    # pandas writes nullable integer columns as float64 with NaN (integral floats are
+    # accepted) and a column of None only as type null (nothing labelled yet)
+    from alray.pool.normalize import is_label_type as readable
+
+    return readable(t)
 
 
 def infer_dims(uri: str, pool: PoolConfig) -> dict[str, int]:

@@ -306,3 +306,20 @@ def test_read_schema_unifies_shards_only_when_they_differ():
     text = pa.schema([("id", pa.string())])
     with pytest.raises(PoolSchemaError, match="integers in some, text in others"):
         read_schema([one, text], "id", "label", ["image_emb"], ["id"])
+
+
+def test_a_pandas_shard_without_any_label_is_a_valid_unlabelled_shard(tmp_path):
+    """pandas writes a label column of None only as Arrow type null."""
+    from alray.pool.validate import validate_pool
+
+    (tmp_path / "pool").mkdir()
+    _pandas_pool(tmp_path / "pool" / "a.parquet")
+    frame = pd.read_parquet(tmp_path / "pool" / "a.parquet")
+    frame["id"] = [f"new{i}" for i in range(len(frame))]
+    frame["label"] = [None] * len(frame)
+    frame.to_parquet(tmp_path / "pool" / "b.parquet")
+    assert pq.read_schema(tmp_path / "pool" / "b.parquet").field("label").type == pa.null()
+    report = validate_pool(str(tmp_path / "pool"), n_classes=3)
+    assert report.ok, [str(p) for p in report.problems]
+    ids, labels = read_ids_and_labels(str(tmp_path / "pool"), POOL)
+    assert (labels[ids.tolist().index("new0"):] == -1).all()
