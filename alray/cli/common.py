@@ -74,8 +74,15 @@ def pool_options(fn):
     return fn
 
 
-def pool_config(id_column: str, label_column: str, embedding_columns: tuple[str, ...]
-                ) -> PoolConfig:
+def show_columns_option(fn):
+    """``--show-columns``: pool columns copied into every query (score, loop, serve)."""
+    return click.option("--show-columns", default=None, metavar="COLUMNS",
+                        help="Other columns of the pool (e.g. url,title) copied into every "
+                             "query file for the assessors; comma-separated.")(fn)
+
+
+def pool_config(id_column: str, label_column: str, embedding_columns: tuple[str, ...],
+                show_columns: str | None = None) -> PoolConfig:
     columns = {}
     for item in embedding_columns:
         name, sep, column = item.partition("=")
@@ -85,6 +92,8 @@ def pool_config(id_column: str, label_column: str, embedding_columns: tuple[str,
     kwargs = {"id_column": id_column, "label_column": label_column}
     if columns:
         kwargs["embedding_columns"] = columns
+    if show_columns:
+        kwargs["show_columns"] = tuple(c.strip() for c in show_columns.split(",") if c.strip())
     return PoolConfig(**kwargs)
 
 

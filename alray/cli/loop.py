@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from alray.cli.common import (Progress, connect_ray, friendly_errors, pool_config,
-                               pool_options)
+                               pool_options, show_columns_option)
 from alray.cli.options import COMPUTE, SCIENCE, STEPS, compute_config, options, overrides
 from alray.errors import ConfigError
 
@@ -34,7 +34,7 @@ def loop_options(fn):
                      help="Write each query for human assessors and stop."),
     ]):
         fn = option(fn)
-    return pool_options(fn)
+    return pool_options(show_columns_option(fn))
 
 
 def _explicit(ctx: click.Context) -> set[str]:
@@ -63,7 +63,8 @@ def start_or_resume(p: dict, given: set[str]):
     from alray.loop.setup import new_config, open_or_create
     from alray.pool.io import absolute_uri
 
-    columns = pool_config(p["id_column"], p["label_column"], p["embedding_columns"])
+    columns = pool_config(p["id_column"], p["label_column"], p["embedding_columns"],
+                          p["show_columns"])
 
     def fresh():
         if not p["pool"] or not p["val"]:
@@ -76,7 +77,7 @@ def start_or_resume(p: dict, given: set[str]):
     again.update({k: absolute_uri(p[k]) if k in ("pool", "val") else p[k]
                   for k in ("pool", "val", "assessors") if k in given})
     again = {{"pool": "pool_uri", "val": "val_uri"}.get(k, k): v for k, v in again.items()}
-    if given & {"id_column", "label_column", "embedding_columns"}:
+    if given & {"id_column", "label_column", "embedding_columns", "show_columns"}:
         again["columns"] = columns.to_dict()
     resume = True if p["resume"] else (None if p["resume_if_exists"] else False)
     run, resumed = open_or_create(p["run_dir"], resume, fresh, again,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from alray.cli.common import (Progress, connect_ray, friendly_errors, pool_config,
-                               pool_options)
+                               pool_options, show_columns_option)
 from alray.cli.options import SCORE_COMPUTE, SCORE_SCIENCE, compute_config, options, overrides
 
 
@@ -21,14 +21,15 @@ from alray.cli.options import SCORE_COMPUTE, SCORE_SCIENCE, compute_config, opti
               help="Also write every post's score per strategy to this Parquet directory.")
 @options((*SCORE_SCIENCE, *SCORE_COMPUTE))
 @pool_options
+@show_columns_option
 @friendly_errors
 def score(pool, checkpoint, exclude, out, step, show, scores_out, id_column, label_column,
-          embedding_columns, **p):
+          embedding_columns, show_columns, **p):
     """Score --pool with --checkpoint; write the top --query-size posts per strategy."""
     from alray.config import ScoreConfig
     from alray.pool.load import read_ids_file
 
-    columns = pool_config(id_column, label_column, embedding_columns)
+    columns = pool_config(id_column, label_column, embedding_columns, show_columns)
     cfg = ScoreConfig.from_dict({k[len("score."):]: v for k, v in
                                  overrides(p, SCORE_SCIENCE).items() if k.startswith("score.")})
     exclude_ids = read_ids_file(exclude, columns.id_column) if exclude else None
@@ -49,7 +50,7 @@ def run_scoring(pool, checkpoint, cfg, columns, exclude_ids, compute, out, step,
                         progress=lambda done, total: (setattr(bar.bar, "total", total),
                                                       bar.to(done)))
     bar.close()
-    table = write_query(tables, out, step=step)
+    table = write_query(tables, out, step=step, shown=columns.show_columns)
     for name, query in tables.items():
         click.echo(f"== {name}: top {min(show, query.num_rows)} of {query.num_rows}")
         click.echo(f"{'rank':>5} {'id':>12} {'score':>12} {'class':>6} {'prob':>7}")

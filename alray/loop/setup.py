@@ -36,7 +36,10 @@ def shape_model(config: LoopConfig, n_classes: int | None = None) -> LoopConfig:
 def check_inputs(config: LoopConfig) -> None:
     """Every bad input a new run can have, found before any work starts."""
     from alray.pool.load import read_ids_and_labels, repeated_ids
+    from alray.scoring.plan import check_shown
 
+    for shard in io.pool_shards(config.pool_uri):  # before step 0's training, not after
+        check_shown(config.columns, io.open_parquet(shard).schema_arrow.names, shard.uri)
     pool_ids, pool_labels = read_ids_and_labels(config.pool_uri, config.columns)
     val_ids, val_labels = read_ids_and_labels(config.val_uri, config.columns)
     n_classes, problems = config.model.n_classes, []

@@ -57,7 +57,9 @@ class QueryMerger:
     def _stash(self, table: pa.Table) -> np.ndarray:
         carried = table.drop_columns(list(OUTPUT_COLUMNS))
         start = 0 if self.stash is None else self.stash.num_rows
-        self.stash = carried if self.stash is None else pa.concat_tables([self.stash, carried])
+        # "permissive": a shown text column may be all null (type null) in one shard
+        self.stash = carried if self.stash is None else pa.concat_tables(
+            [self.stash, carried], promote_options="permissive")
         return np.arange(start, start + table.num_rows, dtype=np.int64)
 
     def _compact(self) -> None:
@@ -101,13 +103,15 @@ class QueryMerger:
         return table
 
 
-def merge_scores(scores_dir, score: ScoreConfig, step: int = 0) -> QueryMerger:
-    """The exact top-k per strategy of a written ``--scores-out`` directory.
+def merge_scores(scores_dir, score: ScoreConfig, step: int = 0,
+                 carry: bool = False) -> QueryMerger:
+    """The exact top-k per strategy of a written ``--scores-out`` directory (``carry``:
+    its files also hold pool columns, the shown ones, kept for the query).
 
     Rank sampling is done here: every score is on hand, so each post's global rank is.
     """
     check_sampling(score.strategies, score.sampling, streaming=False)
-    merger = QueryMerger(score)
+    merger = QueryMerger(score, carry)
     tables = (pa.Table.from_batches([batch]) for shard in io.pool_shards(scores_dir)
               for batch in io.iter_batches(shard))
     if score.sampling == "rank":

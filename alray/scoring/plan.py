@@ -22,7 +22,7 @@ from alray.config import PoolConfig, ScoreConfig
 from alray.errors import LabelsError, PoolExhaustedError, PoolSchemaError
 from alray.pool import io
 from alray.pool.normalize import normalize_ids
-from alray.pool.schema import infer_dims
+from alray.pool.schema import QUERY_COLUMNS, infer_dims
 from alray.scoring.outputs import check_serves
 from alray.scoring.topk import mask_excluded, sorted_ids
 
@@ -34,7 +34,8 @@ class ScoringPlan:
     ``candidate_max``: score only rows whose candidate hash is at most this
     (``score.candidates``; None = every unlabelled row). ``keep_all``: every row's score
     comes back (``--scores-out``), not the per-batch top-k. ``carry``: the query rows
-    come back with their pool columns (the loop trains on them without a second read)."""
+    come back with their pool columns (the loop trains on them without a second read).
+    The pool's ``columns.show_columns`` always come back with the query rows."""
 
     pool_uri: str
     shards: tuple
@@ -60,6 +61,12 @@ class ScoringPlan:
                 "step": self.step, "exclude": self.exclude, "keep_all": self.keep_all,
                 "carry": self.carry, "candidate_max": self.candidate_max}
 
+    @property
+    def carries(self) -> bool:
+        """Whether the scorers' outputs hold pool columns the merge keeps for the
+        query: the carried ones, or the shown ones."""
+        return self.carry or bool(self.columns.show_columns)
+
 
 def plan_scoring(pool_uri: str, model: str | Mapping, score: ScoreConfig,
                  columns: PoolConfig = PoolConfig(), exclude_ids: Iterable | None = None,
@@ -83,6 +90,7 @@ def plan_scoring(pool_uri: str, model: str | Mapping, score: ScoreConfig,
     read = [columns.id_column, *columns.embedding_columns.values()]
     if census["has_labels"]:
         read.append(columns.label_column)
+    read += columns.show_columns
     return ScoringPlan(
         pool_uri=str(pool_uri), shards=tuple(shards), columns=columns, score=score,
         step=int(step), model=state, dims=dims, read_columns=tuple(read), exclude=exclude,
@@ -102,6 +110,7 @@ def _census(shards, columns: PoolConfig, exclude: np.ndarray, score: ScoreConfig
         pf = io.open_parquet(shard)
         total += pf.metadata.num_rows
         names = pf.schema_arrow.names
+        check_shown(columns, names, shard.uri)
         has_labels = has_labels or columns.label_column in names
         wanted = [columns.id_column] + ([columns.label_column]
                                         if columns.label_column in names else [])
@@ -141,6 +150,20 @@ def _check_census(census: dict, score: ScoreConfig, pool_uri: str,
             "already labelled)")
 
 
+def check_shown(columns: PoolConfig, names, where: str) -> None:
+    """PoolSchemaError unless every shown column is among ``names`` (a shard's columns)
+    and none takes the name of a query column."""
+    clash = [c for c in columns.show_columns if c in QUERY_COLUMNS]
+    if clash:
+        raise PoolSchemaError(f"--show-columns {', '.join(clash)}: a query already has a "
+                              f"column of that name ({', '.join(QUERY_COLUMNS)})")
+    missing = [c for c in columns.show_columns if c not in names]
+    if missing:
+        raise PoolSchemaError(
+            f"{where}: no column {', '.join(map(repr, missing))} to show (--show-columns); "
+            f"its columns: {', '.join(names)}")
+
+
 class _CandidateSubset:
     """``--candidates N``: the N unlabelled posts with the smallest candidate hashes, a
     seeded uniform subset, new each step. The planner finds the N-th smallest hash from
@@ -163,4 +186,4 @@ class _CandidateSubset:
         return int(self.kept.max())
 
 
-__all__ = ["ScoringPlan", "plan_scoring"]
+__all__ = ["ScoringPlan", "check_shown", "plan_scoring"]

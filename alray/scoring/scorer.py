@@ -70,6 +70,10 @@ class BatchScorer:
     def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
         if isinstance(batch, pa.RecordBatch):
             batch = pa.Table.from_batches([batch])
+        out = self._score_batch(batch)
+        return with_shown(out, batch, self.pool) if self.pool.show_columns else out
+
+    def _score_batch(self, batch: pa.Table) -> pa.Table:
         if self.counter is not None:
             self.counter.add.remote(batch.num_rows)  # fire and forget
         id_type = id_type_of(batch.schema.field(self.pool.id_column).type)  # one per pool
@@ -166,6 +170,25 @@ class RowCounter:
 
     def total(self) -> int:
         return self.rows
+
+
+def with_shown(out: pa.Table, batch: pa.Table, pool: PoolConfig) -> pa.Table:
+    """``out`` (rows of ``batch``, keyed by id) with the pool's ``show_columns`` of its
+    rows appended, looked up by id (unique in a pool); one type per column whatever
+    the shard (dictionaries decoded, large strings and binaries made plain)."""
+    import pyarrow.compute as pc
+
+    ids = batch.column(pool.id_column).cast(out.schema.field("id").type)
+    at = pc.index_in(out.column("id"), value_set=ids)
+    for name in pool.show_columns:
+        column = batch.column(name).take(at)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        plain = {pa.large_string(): pa.string(), pa.large_binary(): pa.binary()}
+        if column.type in plain:
+            column = column.cast(plain[column.type])
+        out = out.append_column(pa.field(name, column.type), column)
+    return out
 
 
 def _resolved(value):

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import make_pool_table, write_pool
@@ -26,14 +28,16 @@ RAY_LINES = re.compile(r"core_worker\.cc|\(raylet\)|\(pid=|Progress bars|INFO wo
 def scored(tmp_path_factory):
     """A tiny pool and checkpoint, and a function that runs ``alray [ARGS] score``."""
     root = tmp_path_factory.mktemp("quiet")
-    pool = write_pool(root / "pool", [make_pool_table(60, seed=3)])
+    table = make_pool_table(60, seed=3)
+    titles = pa.array([f"post {i}" for i in table.column("id").to_pylist()])
+    pool = write_pool(root / "pool", [table.append_column("title", titles)])
     checkpoint = build_checkpoint(root / "model")
 
     def run(out_dir, *flags):
         out = root / out_dir / "query.parquet"
         args = [sys.executable, "-m", "alray", *flags, "score", "--pool", pool,
                 "--checkpoint", checkpoint, "--out", str(out), "--strategy", "margin",
-                "--query-size", "5", "--score-batch-size", "32"]
+                "--query-size", "5", "--score-batch-size", "32", "--show-columns", "title"]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop("RAY_ADDRESS", None)
         done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
@@ -50,6 +54,8 @@ def test_a_command_on_ray_shows_alray_lines_only(scored):
     log = (out.parent / "logs" / "ray.log").read_text()
     assert "Started a local Ray instance" in log  # Ray's lines are kept, in the file
     assert "Ray session:" in log
+    query = pq.read_table(out).to_pylist()  # shown columns on the Ray Data path too
+    assert [row["title"] for row in query] == [f"post {row['id']}" for row in query]
 
 
 def test_verbose_lets_ray_through(scored):
