@@ -16,7 +16,7 @@ import pyarrow as pa
 from alray.acquisition import check_sampling, rank_keys
 from alray.config import ScoreConfig
 from alray.pool import io
-from alray.scoring.scorer import OUTPUT_COLUMNS
+from alray.scoring.scorer import OUTPUT_COLUMNS, output_schema
 from alray.scoring.topk import new_top
 
 SLOT = "_slot"  # row of a candidate in the carried-columns stash
@@ -76,6 +76,32 @@ class QueryMerger:
             rows[SLOT] = np.searchsorted(used, rows[SLOT])
             top.update(rows.pop("id"), rows.pop("score"), rows)
             self.tops[name] = top
+
+    def candidates(self, id_type: pa.DataType) -> pa.Table:
+        """Every candidate some strategy still keeps, as one scorer output table (with
+        the carried columns): what a resident actor sends to the driver's merger. The
+        kept rows, not the query: merging them again is exact (a balanced top-k keeps
+        more rows than its query, ``topk``)."""
+        parts = []
+        for name, top in self.tops.items():
+            rows = top.to_dict()["rows"]
+            if not rows:
+                continue
+            n = len(rows["id"])
+            table = pa.table({
+                "strategy": pa.array([name] * n, pa.string()),
+                "id": pa.array(rows["id"], id_type),
+                "score": pa.array(rows["score"], pa.float64()),
+                "predicted_class": pa.array(rows["predicted_class"], pa.int64()),
+                "predicted_prob": pa.array(rows["predicted_prob"], pa.float64()),
+                "least_sure_head": pa.array(rows["least_sure_head"], pa.string()),
+            }, schema=output_schema(id_type))
+            if self.carry:
+                carried = self.stash.take(pa.array(rows[SLOT], pa.int64()))
+                for field, column in zip(carried.schema, carried.columns):
+                    table = table.append_column(field, column)
+            parts.append(table)
+        return pa.concat_tables(parts) if parts else output_schema(id_type).empty_table()
 
     def queries(self, id_type: pa.DataType) -> dict[str, pa.Table]:
         """strategy -> (id, score, rank, predicted_class, predicted_prob, strategy,

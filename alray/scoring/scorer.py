@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from alray.acquisition import candidate_hashes, check_sampling, compute_scores, sampling_keys
 from alray.config import PoolConfig, ScoreConfig
-from alray.pool.arrays import arrays_from_table, pool_table
+from alray.pool.arrays import PostArrays, arrays_from_table, pool_table
 from alray.pool.normalize import id_type_of
 from alray.scoring.outputs import BatchModel, predictions
 from alray.scoring.topk import mask_excluded, select_balanced, select_top
@@ -61,30 +61,33 @@ class BatchScorer:
         self.candidate_max = None if candidate_max is None else np.uint64(candidate_max)
         # with every score kept, rank sampling happens on the driver (merge_scores)
         check_sampling(self.score.strategies, self.score.sampling, streaming=not keep_all)
-        self.model = BatchModel.from_state(_resolved(model), self.score, self.dims, device)
+        self.model = BatchModel.from_state(_resolved(model), self.score, self.dims, device,
+                                           step=self.step)
         # the query needs a forward pass on its rows only (not with --scores-out, which
         # keeps every row, nor with class balancing, which needs every row's class)
         self.model_free = (self.model.needs <= {"ids"} and not self.keep_all
                            and not self.score.class_cap)
 
     def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+        """Ray Data's side: one pyarrow batch of pool rows -> its candidates."""
         if isinstance(batch, pa.RecordBatch):
             batch = pa.Table.from_batches([batch])
-        out = self._score_batch(batch)
-        return with_shown(out, batch, self.pool) if self.pool.show_columns else out
-
-    def _score_batch(self, batch: pa.Table) -> pa.Table:
         if self.counter is not None:
             self.counter.add.remote(batch.num_rows)  # fire and forget
         id_type = id_type_of(batch.schema.field(self.pool.id_column).type)  # one per pool
-        data = arrays_from_table(batch, self.pool, self.dims)
+        out = self.score_arrays(arrays_from_table(batch, self.pool, self.dims), id_type)
+        return with_shown(out, batch, self.pool) if self.pool.show_columns else out
+
+    def score_arrays(self, data: PostArrays, id_type: pa.DataType) -> pa.Table:
+        """The core, shared by the Ray Data adapter and the resident pool's actors
+        (``alray.scoring.resident``): rows already decoded -> exclusions, this step's
+        candidate subset, per-strategy top-k -> an ``output_schema`` table (plus the
+        carried pool columns of its rows with ``carry``)."""
         keep = mask_excluded(data.ids, self.exclude)
         if self.candidate_max is not None:  # --candidates: this step's random subset
             keep &= candidate_hashes(data.ids, self.score.seed, self.step) <= self.candidate_max
         if not keep.all():
             data = data.take(keep)
-            if self.carry:
-                batch = batch.filter(pa.array(keep))
         if len(data) == 0:
             empty = output_schema(id_type).empty_table()
             return self._append_carried(empty, data, np.zeros(0, np.int64)) if self.carry else empty
@@ -152,7 +155,8 @@ class BatchScorer:
 
     def _append_carried(self, table: pa.Table, data, rows: np.ndarray) -> pa.Table:
         # one schema whatever the shard (list, large_list, packed; int32 or float labels)
-        carried = pool_table(data.take(rows), self.pool).drop_columns([self.pool.id_column])
+        carried = pool_table(_on_host(data.take(rows)), self.pool)
+        carried = carried.drop_columns([self.pool.id_column])
         for field, column in zip(carried.schema, carried.columns):
             table = table.append_column(field, column)
         return table
@@ -189,6 +193,14 @@ def with_shown(out: pa.Table, batch: pa.Table, pool: PoolConfig) -> pa.Table:
             column = column.cast(plain[column.type])
         out = out.append_column(pa.field(name, column.type), column)
     return out
+
+
+def _on_host(data: PostArrays) -> PostArrays:
+    """``data`` with float32 numpy features (a resident pool may hold float16 or torch
+    tensors in GPU memory); the query's few carried rows only."""
+    features = {m: (f.float().cpu().numpy() if hasattr(f, "cpu") else
+                    np.asarray(f, np.float32)) for m, f in data.features.items()}
+    return PostArrays(data.ids, features, data.present, data.labels)
 
 
 def _resolved(value):
