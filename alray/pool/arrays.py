@@ -144,6 +144,10 @@ def arrays_from_table(table: pa.Table | pa.RecordBatch, pool: PoolConfig,
         if column not in names:
             raise PoolSchemaError(f"missing embedding column {column!r} "
                                   f"(modality {modality}); columns are {names}")
+        if pa.types.is_null(table.schema.field(column).type):  # pandas' column of None
+            features[modality] = np.zeros((len(id_values), dims[modality]), np.float32)
+            present[modality] = np.zeros(len(id_values), dtype=bool)
+            continue
         features[modality], present[modality] = embedding_matrix(
             table.column(column), dims[modality], column)
         check_finite(features[modality], present[modality], id_values, column, where,

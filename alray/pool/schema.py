@@ -145,7 +145,8 @@ def infer_dims(uri: str, pool: PoolConfig) -> dict[str, int]:
         for batch in io.iter_batches(shard, columns=[c for c in missing
                                                      if c in schema.names]):
             for modality, column in pool.embedding_columns.items():
-                if modality not in dims and column in batch.schema.names:
+                if modality not in dims and column in batch.schema.names and \
+                        not pa.types.is_null(batch.schema.field(column).type):
                     lengths = batch.column(column).value_lengths().drop_null()
                     if len(lengths):
                         dims[modality] = int(lengths[0].as_py())

@@ -118,7 +118,9 @@ def _check_columns(file, schema: pa.Schema, pool: PoolConfig, out) -> list[str] 
                             column=column))
             ok = False
     checks = [(pool.id_column, is_id_type, "int64 or string"),
-              *[(c, is_embedding_type, "a list of float32 or float64, or packed vectors "
+              # type null: pandas' column of None, the modality missing in every row
+              *[(c, lambda t: is_embedding_type(t) or pa.types.is_null(t),
+                 "a list of float32 or float64, or packed vectors "
                  "(fixed_size_binary, see `alray pool pack`)")
                 for c in pool.embedding_columns.values()],
               (pool.label_column, is_label_type, "an integer class")]
@@ -159,6 +161,8 @@ def _check_embeddings(file, batch, schema, pool, summary, out, ids) -> None:
             np.asarray(array.is_valid())
         any_present |= present
         summary.present[modality] += int(present.sum())
+        if pa.types.is_null(array.type):  # pandas' column of None: missing in every row
+            continue
         lengths = _lengths(array, schema.field(column))
         if modality not in summary.dims and present.any():
             summary.dims[modality] = int(lengths[np.argmax(present)])

@@ -323,3 +323,22 @@ def test_a_pandas_shard_without_any_label_is_a_valid_unlabelled_shard(tmp_path):
     assert report.ok, [str(p) for p in report.problems]
     ids, labels = read_ids_and_labels(str(tmp_path / "pool"), POOL)
     assert (labels[ids.tolist().index("new0"):] == -1).all()
+
+
+def test_a_pandas_shard_without_any_text_embedding_is_a_missing_modality(tmp_path):
+    """pandas writes an embedding column of None only as Arrow type null."""
+    from alray.pool.validate import validate_pool
+
+    (tmp_path / "pool").mkdir()
+    _pandas_pool(tmp_path / "pool" / "a.parquet")
+    frame = pd.read_parquet(tmp_path / "pool" / "a.parquet")
+    frame["id"] = [f"new{i}" for i in range(len(frame))]
+    frame["text_emb"] = [None] * len(frame)
+    frame.to_parquet(tmp_path / "pool" / "b.parquet")
+    assert pq.read_schema(tmp_path / "pool" / "b.parquet").field("text_emb").type == pa.null()
+    report = validate_pool(str(tmp_path / "pool"), n_classes=3)
+    assert report.ok, [str(p) for p in report.problems]
+    rows = load_rows(str(tmp_path / "pool"), POOL, ids=np.array(["new1", "00001"], object))
+    new = rows.ids.tolist().index("new1")
+    assert not rows.present["text"][new] and rows.present["text"][1 - new]
+    assert rows.present["image"].all() and not rows.features["text"][new].any()
