@@ -106,7 +106,7 @@ def test_shipped_config_parses_at_full_and_smoke_size(tmp_path):
                                      "set": ("train.fine_tune_epochs=1",),
                                      "group_size": 40})
     assert (smoke["initial"], smoke["candidates"], smoke["group_size"]) == (100, 400, 40)
-    assert smoke["seeds"] == (0, 1) and smoke["train"].epochs == 5
+    assert smoke["seeds"] == (0, 1) and smoke["train"].epochs == 20
     assert smoke["model"].n_classes == 10 and smoke["model"].modality_dims["image"] == 64
 
 
