@@ -1,9 +1,11 @@
 """``alray cluster``: cluster a pool once (Cluster-Margin's groups, ``--clusters``)."""
 from __future__ import annotations
 
+import os
+
 import click
 
-from alray.cli.common import Progress, friendly_errors, pool_config, pool_options
+from alray.cli.common import Progress, connect_ray, friendly_errors, pool_config, pool_options
 from alray.cli.options import compute_config, options
 
 
@@ -24,12 +26,11 @@ from alray.cli.options import compute_config, options
 def cluster(pool, out, k, groups, dims, seed, id_column, label_column, embedding_columns,
             **p):
     """Cluster POOL's posts (distributed mini-batch k-means, then average linkage)."""
-    from alray.runtime import connect
     from alray.scoring.clusters import cluster_pool
 
     compute = compute_config(p)
     if not compute.local:
-        connect(compute.address)
+        connect_ray(compute.address, os.path.dirname(os.path.abspath(out)))
     bar = Progress(total=3, desc="cluster", unit="pass")
     summary = cluster_pool(pool, out, k, groups, seed,
                            pool_config(id_column, label_column, embedding_columns),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from alray.cli.common import Progress, friendly_errors
+from alray.cli.common import Progress, connect_ray, friendly_errors
 from alray.experiments.files import build_correlation, read_experiment
 
 
@@ -43,9 +43,10 @@ def correlation(config_file, smoke, address, cpus_per_task, **opts):
     click.echo(f"correlation: seeds {list(kwargs['seeds'])}, {kwargs['initial']:,} initial, "
                f"{kwargs['candidates']:,} candidates in {n_groups} groups of "
                f"{kwargs['group_size']} -> {out}")
+    connect_ray(address, kwargs["out"])
     bar = Progress(len(kwargs["seeds"]) * (1 + n_groups), "models", unit="model")
     try:
-        result = run_correlation(**kwargs, address=address, cpus_per_task=cpus_per_task,
+        result = run_correlation(**kwargs, cpus_per_task=cpus_per_task,
                                  progress=lambda done, total: bar.to(done))
     finally:
         bar.close()

@@ -224,7 +224,7 @@ def _draw_and_load(pool_uri: str, val_uri: str, columns: PoolConfig, model: Mode
 def run_correlation(pool_uri: str, val_uri: str, columns: PoolConfig, model: ModelConfig,
                     train: TrainConfig, seeds: Sequence[int], initial: int = 2000,
                     candidates: int = 10_000, group_size: int = 100,
-                    address: str | None = None, progress: Progress | None = None,
+                    progress: Progress | None = None,
                     cpus_per_task: float = 1.0,
                     n_boot: int = N_BOOT) -> dict:
     """Run the experiment (module docstring); ``model`` already shaped to the pool.
