@@ -38,7 +38,7 @@ from alray.pool.arrays import PostArrays, arrays_from_table
 from alray.pool.normalize import id_type_of
 from alray.pool.schema import infer_dims
 from alray.scoring.merge import QueryMerger
-from alray.scoring.scorer import BatchScorer
+from alray.scoring.scorer import BatchScorer, with_shown
 
 DTYPES = ("float32", "float16")
 DEFAULT_SHARE = 0.5  # of a node's Ray "memory" resource, without resident_memory_mb
@@ -143,6 +143,7 @@ class ResidentPart:
         self.dims, self.dtype, self.device = dict(dims), dtype, device
         self.num_threads = num_threads
         self.data: PostArrays | None = None
+        self.shown: pa.Table | None = None  # the id and shown columns, row for row
         self.id_type: pa.DataType | None = None
         self.loads = 0  # how many times this process read its part (1, or 0 before)
 
@@ -169,7 +170,7 @@ class ResidentPart:
         feats = {m: np.empty((rows, d), self.dtype) for m, d in self.dims.items()}
         present = {m: np.zeros(rows, bool) for m in self.dims}
         labels = np.empty(rows, np.int64)
-        ids, at = [], 0
+        ids, shown, at = [], [], 0
         for piece in self.pieces:
             for first, table in _read_piece(piece, self.pool):
                 data = arrays_from_table(table, self.pool, self.dims, piece.shard.uri, first)
@@ -179,6 +180,9 @@ class ResidentPart:
                     present[m][at:at + n] = data.present[m]
                 labels[at:at + n] = data.labels
                 ids.append(data.ids)
+                if self.pool.show_columns:
+                    shown.append(table.select([self.pool.id_column,
+                                               *self.pool.show_columns]))
                 self.id_type = self.id_type or id_type_of(
                     table.schema.field(self.pool.id_column).type)
                 at += n
@@ -189,6 +193,8 @@ class ResidentPart:
             feats = {m: torch.as_tensor(f).to(self.device) for m, f in feats.items()}
         self.data = PostArrays(np.concatenate(ids) if ids else np.zeros(0, np.int64),
                                feats, present, labels)
+        self.shown = (pa.concat_tables(shown, promote_options="permissive").combine_chunks()
+                      if shown else None)
         self.loads += 1
 
     def _check_device_memory(self, rows: int) -> None:
@@ -208,10 +214,14 @@ class ResidentPart:
         the model and exclusions possibly object-store references)."""
         self.load()
         scorer = BatchScorer(**args, num_threads=self.num_threads, device=self.device)
-        merger = QueryMerger(scorer.score, scorer.carry)
+        shown = self.pool.show_columns
+        merger = QueryMerger(scorer.score, scorer.carry or bool(shown))
         for start in range(0, len(self.data), batch_size):
-            merger.absorb(scorer.score_arrays(
-                self.data.take(slice(start, start + batch_size)), self.id_type))
+            out = scorer.score_arrays(self.data.take(slice(start, start + batch_size)),
+                                      self.id_type)
+            if shown:  # the shown columns (a URL, a title) of its rows, kept as Arrow
+                out = with_shown(out, self.shown.slice(start, batch_size), self.pool)
+            merger.absorb(out)
         return merger.candidates(self.id_type or pa.int64())
 
 
@@ -232,6 +242,7 @@ def _read_piece(piece: Piece, pool: PoolConfig):
     names = pf.schema_arrow.names
     columns = [pool.id_column, *pool.embedding_columns.values()]
     columns += [pool.label_column] if pool.label_column in names else []
+    columns += list(pool.show_columns)
     first = 0
     try:
         for group in range(pf.metadata.num_row_groups):
@@ -316,7 +327,7 @@ class ResidentPool:
         args["model"] = ray.put(plan.model)  # once, for every actor
         if len(plan.exclude) > PUT_THRESHOLD:
             args["exclude"] = ray.put(plan.exclude)
-        merger = QueryMerger(plan.score, plan.carry)
+        merger = QueryMerger(plan.score, plan.carries)
         try:
             for table in ray.get([a.score.remote(args, self.compute.score_batch_size)
                                   for a in self.actors]):

@@ -150,3 +150,23 @@ def test_resident_settings_are_checked_all_at_once():
     with pytest.raises(ConfigError) as caught:
         check_compute(ComputeConfig(resident_dtype="bf16", resident_memory_mb=0))
     assert len(caught.value.problems) == 2 and "bf16" in str(caught.value)
+
+
+def test_shown_columns_come_with_the_resident_query(tmp_path, checkpoint):
+    from tests.unit.test_show_columns import check_rows, with_fields
+
+    pool = write_pool(tmp_path / "pool", [
+        with_fields(make_pool_table(70, seed=1)),
+        with_fields(make_pool_table(50, seed=4, first_id=70, labelled=False), large=True)])
+    columns = PoolConfig(show_columns=("url", "title"))
+    score = ScoreConfig(strategies=("margin", "random"), query_size=9)
+    want = score_pool(pool, checkpoint, score, columns, compute=LOCAL)
+    plan = plan_scoring(pool, checkpoint, score, columns)
+    merger = QueryMerger(plan.score, plan.carries)
+    for part in plan_parts(io.pool_shards(pool), 2):
+        merger.absorb(ResidentPart(part, columns.to_dict(), DIMS).score(
+            plan.scorer_args(), 16))
+    got = merger.queries(plan.id_type)
+    assert_same(want, got)
+    for table in got.values():
+        check_rows(table)
