@@ -7,7 +7,7 @@ import stat
 
 import click
 
-from alray.cli.common import friendly_errors, pool_config, pool_options
+from alray.cli.common import friendly_errors, pool_config, pool_options, show_columns_option
 from alray.cli.options import options, overrides
 from alray.errors import ConfigError
 
@@ -74,6 +74,7 @@ def read_token(token_file: str | None) -> str | None:
               help=f"Bearer token required on every request [default: ${TOKEN_ENV}].")
 @click.option("--address", default=None, help="Ray cluster [default: embedded Ray].")
 @pool_options
+@show_columns_option
 @friendly_errors
 def serve(**p):
     """Score posts over HTTP as they arrive and route the uncertain ones to assessors."""
@@ -95,7 +96,8 @@ def serve(**p):
         num_cpus=p["num_cpus"], num_gpus=p["num_gpus"],
         max_batch_requests=p["batch_requests"], batch_wait_s=p["batch_wait_ms"] / 1000,
         max_body_mb=p["max_body_mb"], poll_s=p["poll_s"], id_type=p["id_type"],
-        columns=pool_config(p["id_column"], p["label_column"], p["embedding_columns"]),
+        columns=pool_config(p["id_column"], p["label_column"], p["embedding_columns"],
+                            p["show_columns"]),
         max_posts=p["max_posts"], max_decoded_mb=p["max_decoded_mb"],
         checkpoint_root=p["checkpoint_root"])
     if not (p["address"] or os.environ.get("RAY_ADDRESS")):

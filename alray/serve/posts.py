@@ -1,7 +1,9 @@
 """Request bodies -> one checked table of posts (no Ray, no torch).
 
 Every body becomes the same table: the id column (int64 or string) and one
-``fixed_size_list<float32>[dim]`` column per modality, null where the post has none.
+``fixed_size_list<float32>[dim]`` column per modality, null where the post has none,
+then the pool's shown columns (``PoolConfig.show_columns``: texts such as a URL or a
+title, null where the post has none), which only travel to the routed posts.
 A body with any bad post is refused whole, with every problem named by the post's
 index and id (``BadRequest``), so a client never has to guess which posts were scored.
 """
@@ -67,14 +69,21 @@ def _from_json(body: bytes, columns: PoolConfig, dims, id_type: str,
                               '"posts" is allowed')
     posts = data["posts"]
     check_rows(len(posts), limits)
-    allowed = {columns.id_column, *columns.embedding_columns.values()}
+    allowed = {columns.id_column, *columns.embedding_columns.values(), *columns.show_columns}
     problems: list[dict] = []
     ids, vectors = [], {m: [] for m in columns.embedding_columns}
+    shown = {column: [] for column in columns.show_columns}
     for index, post in enumerate(posts):
         if not isinstance(post, dict):
             problems.append(_problem(index, None, None, "a post must be a JSON object"))
             ids.append(None)
             continue
+        for column, values in shown.items():
+            value = post.get(column)
+            if value is not None and not isinstance(value, str):
+                problems.append(_problem(index, post.get(columns.id_column), column,
+                                         "a shown field must be a text or null"))
+            values.append(value if isinstance(value, str) else None)
         key = post.get(columns.id_column)
         for name in sorted(set(post) - allowed):
             problems.append(_problem(index, key, name, f"unknown field {name!r}; allowed: "
@@ -87,7 +96,8 @@ def _from_json(body: bytes, columns: PoolConfig, dims, id_type: str,
     ids = _check_ids(ids, id_type, problems)
     table = pa.table({columns.id_column: ids, **{
         column: _fixed_list(vectors[m], dims[m])
-        for m, column in columns.embedding_columns.items()}})
+        for m, column in columns.embedding_columns.items()},
+        **{column: pa.array(values, pa.string()) for column, values in shown.items()}})
     _check_present(table, columns, problems)
     _raise_if_any(problems)
     return table
@@ -145,7 +155,7 @@ def _fixed_list(rows: list, dim: int) -> pa.Array:
 
 # --- Arrow IPC and Parquet ---------------------------------------------------------------
 def _from_arrow(table: pa.Table, columns: PoolConfig, dims, id_type: str) -> pa.Table:
-    allowed = [columns.id_column, *columns.embedding_columns.values()]
+    allowed = [columns.id_column, *columns.embedding_columns.values(), *columns.show_columns]
     extra = [c for c in table.column_names if c not in allowed]
     if extra or columns.id_column not in table.column_names:
         raise BadRequest(400, f"columns {table.column_names}: need {columns.id_column!r} "
@@ -160,6 +170,14 @@ def _from_arrow(table: pa.Table, columns: PoolConfig, dims, id_type: str) -> pa.
             continue
         out[column] = _arrow_vectors(table.column(column), dims[modality], column,
                                      ids.to_pylist(), problems)
+    for column in columns.show_columns:
+        values = table.column(column) if column in table.column_names else None
+        if values is not None and not (pa.types.is_null(values.type) or pa.types.is_string(
+                values.type) or pa.types.is_large_string(values.type)):
+            raise BadRequest(400, f"column {column}: type {values.type}, expected text "
+                                  "(a shown column)")
+        out[column] = (pa.nulls(table.num_rows, pa.string()) if values is None
+                       else values.cast(pa.string()))
     table = pa.table(out)
     _check_present(table, columns, problems)
     _raise_if_any(problems)

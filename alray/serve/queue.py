@@ -82,7 +82,7 @@ def queue_routed(run_dir: str | os.PathLike) -> dict:
     shard = _add_to_pool(run, new, step) if new.num_rows else None
     if shard is not None:  # recorded before anything points at the shard
         reopen_run(run_dir, allow_pool_change=True)
-    query = _query_table(routed, step)
+    query = _query_table(routed, step, cols.show_columns)
     run.write_query(query, step, csv=True)
     run.write_state(RunState(state.step, state.checkpoint, open_query=step))
     _move_queued(shards, run.path / ROUTED_DIR / "queued" / f"step-{step:05d}")
@@ -165,8 +165,11 @@ def _add_to_pool(run, table: pa.Table, step: int) -> str:
         raise StateError(f"{run.config.pool_uri}: the run's pool is one file; routed "
                          "posts join a pool that is a directory of shards")
     cols = run.config.columns
-    names = [cols.id_column, *cols.embedding_columns.values(), cols.label_column]
     schema = io.open_parquet(io.pool_shards(run.config.pool_uri)[0]).schema_arrow
+    # the shown columns too: every shard of the pool has them (plan_scoring checks)
+    names = [cols.id_column, *cols.embedding_columns.values(), cols.label_column,
+             *(c for c in cols.show_columns if c in schema.names)]
+    table = _with_shown(table, cols.show_columns)
     table = table.rename_columns([cols.id_column if n == "id" else n
                                   for n in table.column_names])
     try:
@@ -179,9 +182,11 @@ def _add_to_pool(run, table: pa.Table, step: int) -> str:
     return uri
 
 
-def _query_table(routed: pa.Table, step: int) -> pa.Table:
+def _query_table(routed: pa.Table, step: int, shown: tuple[str, ...] = ()) -> pa.Table:
+    """The query of the routed posts, best first, with the run's shown columns (null
+    where the service was started without them)."""
     order = pc.sort_indices(routed, [("score", "descending"), ("id", "ascending")])
-    routed = routed.take(order)
+    routed = _with_shown(routed.take(order), shown)
     n = routed.num_rows
     return pa.table({
         "id": routed.column("id"), "score": routed.column("score"),
@@ -192,7 +197,16 @@ def _query_table(routed: pa.Table, step: int) -> pa.Table:
         "strategy": routed.column("strategy"),
         "least_sure_head": (routed.column("least_sure_head")
                             if "least_sure_head" in routed.column_names
-                            else pa.nulls(n, pa.string()))}).select(list(QUERY_COLUMNS))
+                            else pa.nulls(n, pa.string())),
+        **{c: routed.column(c) for c in shown}}).select([*QUERY_COLUMNS, *shown])
+
+
+def _with_shown(table: pa.Table, shown: tuple[str, ...]) -> pa.Table:
+    """``table`` with a text column of nulls for each shown column it lacks."""
+    for column in shown:
+        if column not in table.column_names:
+            table = table.append_column(column, pa.nulls(table.num_rows, pa.string()))
+    return table
 
 
 def _move_queued(shards: list[Path], folder: Path) -> None:
