@@ -23,7 +23,7 @@ from alray.config import PoolConfig
 from alray.errors import ConfigError, PoolSchemaError
 from alray.pool import io
 from alray.pool.arrays import embedding_matrix
-from alray.pool.layout import PACKED_DTYPES, pack_matrix, packed_field
+from alray.pool.layout import PACKED_DTYPES, is_packed, pack_matrix, packed_field, packed_spec
 from alray.pool.schema import infer_dims, is_embedding_type
 
 # Decoding a list column takes ~4x its values in Arrow memory: 4096 rows of the default
@@ -138,6 +138,29 @@ def pack_batch(batch: pa.RecordBatch, out_schema: pa.Schema, pool: PoolConfig,
         columns[column] = pack_matrix(values, present, dtype)
     return pa.RecordBatch.from_arrays([columns[n] for n in out_schema.names],
                                       schema=out_schema)
+
+
+def conform(table: pa.Table, schema: pa.Schema, names: list[str]) -> pa.Table:
+    """``table``'s columns ``names`` typed as ``schema``'s fields (with their metadata):
+    cast, or packed where the field is packed. For rows joining an existing pool, e.g.
+    the service's routed posts. Raises ``pa.ArrowException`` for a failed cast and
+    PoolSchemaError for a vector that the packed dtype cannot hold."""
+    columns = []
+    for name in names:
+        field = schema.field(name)
+        column = table.column(name)
+        if is_packed(field.type):
+            dtype, dim = packed_spec(field)
+            matrix, present = embedding_matrix(column, dim, name)
+            with np.errstate(over="ignore"):
+                values = np.ascontiguousarray(matrix, dtype=PACKED_DTYPES[dtype])
+            if not np.isfinite(values[present]).all():
+                raise PoolSchemaError(f"column {name}: a vector with a NaN, an infinity or "
+                                      f"a value beyond {dtype}'s range")
+            columns.append(pack_matrix(values, present, dtype))
+        else:
+            columns.append(column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=pa.schema([schema.field(n) for n in names]))
 
 
 def _check_finite(values, matrix, present, batch, pool, column, dtype, where, first_row):

@@ -192,10 +192,18 @@ def _arrow_vectors(column: pa.ChunkedArray, dim: int, name: str, ids: list,
     column = column.combine_chunks()
     if not is_embedding_type(column.type):
         raise BadRequest(400, f"column {name}: type {column.type}, expected a list of "
-                              "float32 or float64")
-    if pa.types.is_fixed_size_list(column.type) and column.type.list_size != dim:
-        column = column.cast(pa.list_(column.type.value_type))  # rows reported below
-    lengths = np.asarray(column.value_lengths().fill_null(dim).to_numpy(zero_copy_only=False))
+                              "float32 or float64, or packed vectors")
+    if pa.types.is_fixed_size_binary(column.type):  # packed (docs/formats.md)
+        if column.type.byte_width not in (2 * dim, 4 * dim):
+            raise BadRequest(400, f"column {name}: packed vectors of "
+                                  f"{column.type.byte_width} bytes, expected {dim} float16 "
+                                  f"or float32 values")
+        lengths = np.full(len(column), dim)
+    else:
+        if pa.types.is_fixed_size_list(column.type) and column.type.list_size != dim:
+            column = column.cast(pa.list_(column.type.value_type))  # rows reported below
+        lengths = np.asarray(column.value_lengths().fill_null(dim)
+                             .to_numpy(zero_copy_only=False))
     wrong = lengths != dim
     for i in np.flatnonzero(wrong):
         problems.append(_problem(int(i), ids[i], name, f"{int(lengths[i])} values, "

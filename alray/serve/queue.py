@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alray.errors import StateError
+from alray.errors import PoolSchemaError, StateError
 from alray.pool.schema import QUERY_COLUMNS
 from alray.serve.routing import ROUTED_DIR, ROUTED_PATTERN
 
@@ -159,6 +159,7 @@ def _unique(table: pa.Table) -> pa.Table:
 def _add_to_pool(run, table: pa.Table, step: int) -> str:
     """Write ``table``'s pool columns, typed as the pool's first shard, as a new shard."""
     from alray.pool import io
+    from alray.pool.pack import conform
 
     location = io.locate(run.config.pool_uri)
     if location.fs.get_file_info(location.path).type.name != "Directory":
@@ -173,8 +174,8 @@ def _add_to_pool(run, table: pa.Table, step: int) -> str:
     table = table.rename_columns([cols.id_column if n == "id" else n
                                   for n in table.column_names])
     try:
-        rows = pa.table({n: table.column(n).cast(schema.field(n).type) for n in names})
-    except (pa.ArrowException, KeyError) as exc:
+        rows = conform(table, schema, names)  # list or packed, as the pool's first shard
+    except (pa.ArrowException, KeyError, PoolSchemaError) as exc:
         raise StateError(f"routed posts do not fit the pool {run.config.pool_uri}: "
                          f"{exc}") from None
     uri = f"{run.config.pool_uri.rstrip('/')}/online/{_shard_name(step)}"

@@ -270,3 +270,52 @@ def test_score_reads_packed_pools_like_list_pools(tmp_path):
     assert queries["p32"].column("id").equals(queries["list"].column("id"))
     assert queries["p32"].column("score").equals(queries["list"].column("score"))
     assert queries["p16"].num_rows == queries["list"].num_rows
+
+
+def test_conform_packs_rows_joining_a_packed_pool():
+    """The service's routed posts (fixed-size float32 lists) join a packed pool's types."""
+    from alray.pool.pack import conform, packed_schema
+
+    rows = make_pool_table(6)
+    schema = packed_schema(rows.schema, POOL, DIMS, "float16", "pool")
+    out = conform(rows, schema, ["id", "image_emb", "text_emb", "label"])
+    assert out.schema.field("image_emb").metadata[DTYPE_KEY] == b"float16"
+    got = arrays_from_table(out, POOL, DIMS)
+    want = arrays_from_table(rows, POOL, DIMS)
+    np.testing.assert_array_equal(got.present["text"], want.present["text"])
+    np.testing.assert_array_equal(got.features["text"],
+                                  want.features["text"].astype(np.float16).astype(np.float32))
+    assert conform(rows, rows.schema, ["id", "image_emb"]).equals(rows.select([0, 1]))
+    huge = rows.set_column(1, "image_emb", pa.FixedSizeListArray.from_arrays(
+        pa.array(np.full(6 * 8, 1e6, np.float32)), 8))
+    with pytest.raises(PoolSchemaError, match="beyond float16's range"):
+        conform(huge, schema, ["id", "image_emb"])
+
+
+def test_the_service_reads_packed_arrow_bodies():
+    from alray.serve.posts import BadRequest, parse_posts
+
+    dims = {"image": 3, "text": 2}
+    matrix = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
+    packed = pack_matrix(matrix, np.array([True, False]), "float16")
+    table = pa.table({"id": pa.array([7, 8], pa.int64()), "image_emb": packed,
+                      "text_emb": pa.array([[0.5, 1.0], [1.5, 2.0]], pa.list_(pa.float32()))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    body = sink.getvalue().to_pybytes()
+    out = parse_posts(body, "application/vnd.apache.arrow.stream", POOL, dims, "int64")
+    assert out.column("image_emb").to_pylist() == [[1, 2, 3], None]
+    with pytest.raises(BadRequest, match="packed vectors of 6 bytes, expected 2"):
+        parse_posts(body, "application/vnd.apache.arrow.stream", POOL,
+                    {"image": 2, "text": 2}, "int64")
+
+
+def test_memory_mapped_reads_give_the_same_batches(tmp_path, small_pool):
+    pack_pool(small_pool, str(tmp_path / "p"), "float32")
+    for shard in io.pool_shards(str(tmp_path / "p")):
+        plain = list(io.iter_batches(shard, batch_size=40))
+        mapped = list(io.iter_batches(shard, batch_size=40, memory_map=True))
+        assert len(plain) == len(mapped) and all(a.equals(b) for a, b in zip(plain, mapped))
+    with pytest.raises(PoolSchemaError, match="unreadable"):
+        io.open_parquet(io.locate(str(tmp_path / "missing.parquet")), memory_map=True)
