@@ -6,9 +6,10 @@
 1. ``alray generate`` a small pool (10 classes); 300 posts keep their label (the seeded
    initial set is drawn from them), the rest are unlabelled, and every post gets a
    ``title`` and a ``url`` (pass-through fields).
-2. ``alray loop --assessors`` fits the passive model and writes step 1's query.
-3. ``write_label_studio`` turns the query (with the posts' title and url) into Label
-   Studio tasks and a labelling config (class names from a file).
+2. ``alray loop --assessors --show-columns title,url`` fits the passive model and writes
+   step 1's query, the posts' title and url in it.
+3. ``write_run_query`` turns the open query into Label Studio tasks and a labelling
+   config beside it (class names from a file).
 4. ``label-studio start`` (from .venv-ls, on 127.0.0.1, a fresh data dir, its user and
    API token given on the command line); through the REST API: a project with the
    config, the tasks imported (the model's answer as a pre-annotation), annotations
@@ -43,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import requests
 
-from alray.loop.labelstudio import ALRAY_ID, FROM_NAME, write_label_studio
+from alray.loop.labelstudio import ALRAY_ID, FROM_NAME, read_class_names, write_run_query
 
 ROOT = Path(__file__).resolve().parents[1]
 ALRAY = [str(ROOT / ".venv/bin/alray")]
@@ -91,23 +92,17 @@ def start_run(work: Path, pool: Path, val: Path) -> Path:
     run = work / "run"
     sh(*ALRAY, "loop", "--pool", pool, "--val", val, "--run-dir", run, "--assessors",
        "--initial", 100, "--query-size", 10, "--steps", 2, "--local", "--epochs", 3,
-       "--classes", 10, check=False)
+       "--classes", 10, "--show-columns", "title,url", check=False)
     state = json.loads((run / "state.json").read_text())
     assert state["open_query"] == 1, f"no query of step 1 waits in {run}: {state}"
     return run
 
 
-def query_for_label_studio(run: Path, pool: Path, step: int) -> dict:
-    """The step's query with the posts' title and url (joined from the pool when the
-    query does not carry them yet), written for Label Studio."""
-    query = pq.read_table(run / "queries" / f"step-{step:05d}.parquet")
-    if "title" not in query.column_names:
-        fields = pq.read_table(pool, columns=["id", "title", "url"])
-        query = query.join(fields, "id", join_type="left outer").sort_by("rank")
+def query_for_label_studio(run: Path) -> dict:
+    """The open query (with the posts' title and url: --show-columns) for Label Studio."""
     names = run.parent / "class-names.txt"
     names.write_text("\n".join(CLASS_NAMES) + "\n")
-    return write_label_studio(query, run / "queries" / f"step-{step:05d}",
-                              class_names=CLASS_NAMES)
+    return write_run_query(run, class_names=read_class_names(names))
 
 
 # --- the Label Studio side ---------------------------------------------------------------
@@ -271,7 +266,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     pool, val, truth = make_pool(work)
     run = start_run(work, pool, val)
-    written = query_for_label_studio(run, pool, step=1)
+    written = query_for_label_studio(run)
     print(f"wrote {written['tasks']} and {written['config']}")
     server = None if args.url else start_label_studio(work, args.port, args.label_studio)
     url = args.url or f"http://127.0.0.1:{args.port}"

@@ -2,7 +2,8 @@
 
 The fixtures in tests/fixtures/label_studio/ are a real server's exports, written by
 ``bench/label_studio_roundtrip.py --fixtures`` (Label Studio 1.23): the query of step 1
-of a 10-class run (``query.parquet``), the tasks and config alray wrote for it, and the
+of a 10-class run with ``--show-columns title,url`` (``query.parquet``), the tasks and
+config alray wrote for it, and the
 project exported as JSON, JSON_MIN and CSV after these answers: rank 1 skipped, rank 2
 left alone, rank 3 answered by three annotators (2 to 1), the rest by one each
 (``expected.json``: alray id -> class, null = skipped); ``export-tie.json`` is the JSON
@@ -209,7 +210,7 @@ def test_a_run_query_is_written_beside_it(run):
 
 
 def test_written_tasks_match_what_the_round_trip_imported(tmp_path):
-    """The fixture tasks were written by this code (plus title and url from the pool)."""
+    """The fixture tasks were written by this code from the fixture query."""
     tasks = json.loads((FIXTURES / "step-00001.label-studio.json").read_text())
     query = fixture_query().sort_by("rank")
     assert [t["data"][ALRAY_ID] for t in tasks] == query.column("id").to_pylist()
