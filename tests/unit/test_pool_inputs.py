@@ -342,3 +342,14 @@ def test_a_pandas_shard_without_any_text_embedding_is_a_missing_modality(tmp_pat
     new = rows.ids.tolist().index("new1")
     assert not rows.present["text"][new] and rows.present["text"][1 - new]
     assert rows.present["image"].all() and not rows.features["text"][new].any()
+
+
+def test_huge_finite_values_are_not_taken_for_infinities():
+    from alray.pool.arrays import check_finite
+
+    matrix = np.full((3, 4), 3e38, np.float32)  # each row's sum overflows float32
+    check_finite(matrix, np.ones(3, bool), np.arange(3), "image_emb")
+    matrix[2, 1] = np.inf
+    with pytest.raises(PoolSchemaError, match=r"row 2 of a batch \(id 2\)"):
+        check_finite(matrix, np.ones(3, bool), np.arange(3), "image_emb")
+    check_finite(matrix, np.array([True, True, False]), np.arange(3), "image_emb")
