@@ -117,7 +117,7 @@ def _check_columns(file, schema: pa.Schema, pool: PoolConfig, out) -> list[str] 
             out.add(Problem("missing column", file, f"missing (columns are {names})",
                             column=column))
             ok = False
-    checks = [(pool.id_column, is_id_type, "int64 or string"),
+    checks = [(pool.id_column, is_id_type, "an integer or text type"),
               # type null: pandas' column of None, the modality missing in every row
               *[(c, lambda t: is_embedding_type(t) or pa.types.is_null(t),
                  "a list of float32 or float64, or packed vectors "
