@@ -147,3 +147,21 @@ def sampling_options(fn):
     return fn
 
 
+
+
+def export_options(fn):
+    """Where the assessors work: ``--export label-studio`` also writes each query as
+    Label Studio tasks and its labelling config (docs/assessors.md)."""
+    fn = click.option("--class-names", default=None, metavar="FILE",
+                      help="Class names, one a line (class 0 first), for the assessors' "
+                           "tool [default: the class numbers].")(fn)
+    fn = click.option("--export", "export", type=click.Choice(["none", "label-studio"]),
+                      default="none", show_default=True,
+                      help="Also write the query as Label Studio tasks and config.")(fn)
+    return fn
+
+
+def class_names_of(path: str | None) -> list[str] | None:
+    from alray.loop.labelstudio.tasks import read_class_names
+
+    return read_class_names(path) if path else None

@@ -9,8 +9,9 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from alray.cli.common import (Progress, connect_ray, friendly_errors, pool_config,
-                               pool_options, show_columns_option)
+from alray.cli.common import (Progress, class_names_of, connect_ray, export_options,
+                               friendly_errors, pool_config, pool_options,
+                               show_columns_option)
 from alray.cli.options import COMPUTE, SCIENCE, STEPS, compute_config, options, overrides
 from alray.errors import ConfigError
 
@@ -34,7 +35,7 @@ def loop_options(fn):
                      help="Write each query for human assessors and stop."),
     ]):
         fn = option(fn)
-    return pool_options(show_columns_option(fn))
+    return export_options(pool_options(show_columns_option(fn)))
 
 
 def _explicit(ctx: click.Context) -> set[str]:
@@ -91,6 +92,11 @@ def start_or_resume(p: dict, given: set[str]):
     steps = p["steps"] if "steps" in given or not resumed else run.budget
     outcome = _run_with_bar(run, compute, steps, run_loop)
     _report(run, outcome)
+    if outcome.status == "waiting_for_labels" and p["export"] == "label-studio":
+        from alray.loop.labelstudio.tasks import write_run_query
+
+        paths = write_run_query(run.path, class_names=class_names_of(p["class_names"]))
+        click.echo(f"Label Studio: tasks {paths['tasks']}, labelling config {paths['config']}")
     return outcome
 
 
@@ -145,12 +151,16 @@ def labels():
 @click.argument("file")
 @click.option("--id-column", default=None, help="Id column of FILE [default: the run's].")
 @click.option("--label-column", default=None, help="Label column of FILE [default: the run's].")
+@click.option("--class-names", default=None, metavar="FILE",
+              help="Class names, one a line: Label Studio choices given as names.")
 @friendly_errors
-def import_(run_dir, file, id_column, label_column):
-    """Import FILE (CSV or Parquet: id, label) as the answers to RUN_DIR's open query."""
+def import_(run_dir, file, id_column, label_column, class_names):
+    """Import FILE as the answers to RUN_DIR's open query: a CSV or Parquet of id and
+    label, or a Label Studio export (JSON, JSON-MIN or CSV; docs/assessors.md)."""
     from alray.loop.assessors import import_labels
 
-    summary = import_labels(run_dir, file, id_column=id_column, label_column=label_column)
+    summary = import_labels(run_dir, file, id_column=id_column, label_column=label_column,
+                            class_names=class_names_of(class_names))
     click.echo(f"step {summary['step']}: {summary['labelled']} labelled, "
                f"{summary['skipped']} skipped; resume with: alray loop --run-dir {run_dir} "
                "--resume")

@@ -1,10 +1,13 @@
 """``alray score``: score a pool with a checkpoint and write the query."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from alray.cli.common import (Progress, connect_ray, friendly_errors, pool_config,
-                               pool_options, show_columns_option)
+from alray.cli.common import (Progress, class_names_of, connect_ray, export_options,
+                               friendly_errors, pool_config, pool_options,
+                               show_columns_option)
 from alray.cli.options import SCORE_COMPUTE, SCORE_SCIENCE, compute_config, options, overrides
 
 
@@ -22,9 +25,10 @@ from alray.cli.options import SCORE_COMPUTE, SCORE_SCIENCE, compute_config, opti
 @options((*SCORE_SCIENCE, *SCORE_COMPUTE))
 @pool_options
 @show_columns_option
+@export_options
 @friendly_errors
 def score(pool, checkpoint, exclude, out, step, show, scores_out, id_column, label_column,
-          embedding_columns, show_columns, **p):
+          embedding_columns, show_columns, export, class_names, **p):
     """Score --pool with --checkpoint; write the top --query-size posts per strategy."""
     from alray.config import ScoreConfig
     from alray.pool.load import read_ids_file
@@ -33,13 +37,20 @@ def score(pool, checkpoint, exclude, out, step, show, scores_out, id_column, lab
     cfg = ScoreConfig.from_dict({k[len("score."):]: v for k, v in
                                  overrides(p, SCORE_SCIENCE).items() if k.startswith("score.")})
     exclude_ids = read_ids_file(exclude, columns.id_column) if exclude else None
-    run_scoring(pool, checkpoint, cfg, columns, exclude_ids, compute_config(p), out, step,
-                show, scores_out)
+    table = run_scoring(pool, checkpoint, cfg, columns, exclude_ids, compute_config(p), out,
+                        step, show, scores_out)
+    if export == "label-studio":
+        from alray.loop.labelstudio.tasks import write_label_studio
+        from alray.model import read_model_json
+
+        paths = write_label_studio(table, Path(out).with_suffix(""),
+                                   n_classes=read_model_json(checkpoint)["n_classes"],
+                                   class_names=class_names_of(class_names))
+        click.echo(f"Label Studio: tasks {paths['tasks']}, labelling config {paths['config']}")
 
 
 def run_scoring(pool, checkpoint, cfg, columns, exclude_ids, compute, out, step,
                 show=10, scores_out=None):
-    from pathlib import Path
     from alray.scoring.pipeline import score_pool, write_query
 
     if not compute.local:
@@ -58,3 +69,4 @@ def run_scoring(pool, checkpoint, cfg, columns, exclude_ids, compute, out, step,
             click.echo(f"{row['rank']:>5} {str(row['id']):>12} {row['score']:>12.6f} "
                        f"{row['predicted_class']:>6} {row['predicted_prob']:>7.4f}")
     click.echo(f"wrote {out} ({table.num_rows} rows, {len(tables)} strategies)")
+    return table
