@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import settings
 
 # idle OpenMP threads spin and starve the other core on this 2-core machine
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -40,6 +41,11 @@ def _private_ray_state() -> str:
 
 
 PRIVATE_RAY_STATE = _private_ray_state()
+
+# property tests replay no examples saved by earlier runs (.hypothesis/): a run on a
+# fresh clone and a run on a developer's machine draw the same way
+settings.register_profile("alray", database=None)
+settings.load_profile("alray")
 
 
 @pytest.fixture(scope="session")
