@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings, strategies as st
 
 from alray.cli import main
 from alray.config import PoolConfig
@@ -319,3 +320,24 @@ def test_memory_mapped_reads_give_the_same_batches(tmp_path, small_pool):
         assert len(plain) == len(mapped) and all(a.equals(b) for a, b in zip(plain, mapped))
     with pytest.raises(PoolSchemaError, match="unreadable"):
         io.open_parquet(io.locate(str(tmp_path / "missing.parquet")), memory_map=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 40), dim=st.integers(1, 9),
+       dtype=st.sampled_from(["float32", "float16"]), seed=st.integers(0, 2**32 - 1),
+       cut=st.tuples(st.integers(0, 40), st.integers(0, 40)))
+def test_pack_then_decode_is_the_cast_for_any_slice(n, dim, dtype, seed, cut):
+    """Property: decoding any slice of a packed array gives the slice's rows cast to the
+    dtype and back to float32, zeros (and present=False) where null."""
+    rng = np.random.default_rng(seed)
+    matrix = (rng.standard_normal((n, dim)) * 100).astype(np.float32)  # (n, dim)
+    present = rng.random(n) > 0.3                                        # (n,)
+    start = min(cut[0], n)
+    length = min(cut[1], n - start)
+    part = pack_matrix(matrix, present, dtype).slice(start, length)
+    out, shown = embedding_matrix(part, dim, "e")
+    want = matrix[start:start + length].astype(dtype).astype(np.float32)
+    want[~present[start:start + length]] = 0.0
+    assert out.shape == (length, dim) and out.dtype == np.float32
+    np.testing.assert_array_equal(shown, present[start:start + length])
+    np.testing.assert_array_equal(out, want)
