@@ -120,6 +120,40 @@ def test_a_second_loop_resume_is_refused_with_the_holder_named(run):
         finish(holder)
 
 
+def test_a_second_loop_on_a_running_loop_is_refused(tmp_path):
+    """The double `ray job submit` of jobs/run_loop.py: a second loop on a run that a
+    live loop is writing stops at once, naming it, and changes nothing."""
+    import time
+
+    from tests.conftest import make_pool_table, write_pool
+
+    pool = write_pool(tmp_path / "pool", [make_pool_table(200, seed=1)])
+    val = write_pool(tmp_path / "val", [make_pool_table(60, seed=2, first_id=5000)])
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "alray", "loop", "--pool", pool, "--val", val,
+               "--run-dir", str(run), "--resume-if-exists", "--steps", "40",
+               "--initial", "30", "--query-size", "4", "--epochs", "2", "--classes", "5",
+               "--local"]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.parquet").exists():  # step 0 committed: mid-run
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no step within 120 s"
+            time.sleep(0.05)
+        second = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                timeout=TIMEOUT_S)
+        assert first.poll() is None, "the first loop ended before the second started"
+        assert second.returncode == 2, second.stderr
+        assert f"in use by pid {first.pid} on {socket.gethostname()}" in second.stderr
+        assert "resuming" not in second.stdout
+    finally:
+        first.kill()
+        first.wait()
+        first.stderr.close()
+
+
 def test_this_process_holds_what_it_creates_until_closed(run, tmp_path):
     mine = RunDir.open(run, write=True)
     again = RunDir.open(run, write=True)  # one process: its writers share the lock
