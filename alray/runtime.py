@@ -88,6 +88,9 @@ def route_ray_logs(log_file: str | os.PathLike) -> Path:
         warnings.showwarning = showwarning
     _route_loggers(_ray_log)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    # Ray Tune's default console output prints its experiment table and results path
+    # even at verbose=0; its classic reporter prints nothing at verbose=0
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return _ray_log
 
 
