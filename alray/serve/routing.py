@@ -71,17 +71,25 @@ class RoutedWriter:
     every buffered post is in the journal first (fsynced), and a journal left by a crash
     is written as a shard when the writer starts."""
 
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        found = [int(m.group(1)) for p in self.directory.iterdir()
-                 if (m := ROUTED_PATTERN.fullmatch(p.name))]
-        self.next_index = max(found, default=-1) + 1  # never overwrite an earlier shard
+    def __init__(self, directory: Path, next_index: int):
+        self.directory, self.next_index = directory, next_index
         self.parts: list[pa.Table] = []
         self.rows = 0
         self.since = time.monotonic()
         self._journal = None  # (file, IPC writer, schema) while posts are buffered
-        self.replayed = self._replay()
+        self.replayed = 0
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "RoutedWriter":
+        """The writer of ``directory``: created if needed, numbering after its shards
+        (never overwriting one), a journal left by a crash written out first."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        found = [int(m.group(1)) for p in directory.iterdir()
+                 if (m := ROUTED_PATTERN.fullmatch(p.name))]
+        writer = cls(directory, max(found, default=-1) + 1)
+        writer.replayed = writer._replay()
+        return writer
 
     def add(self, table: pa.Table) -> None:
         """Buffer ``table``; it is on disk (fsynced) when this returns."""
@@ -179,7 +187,7 @@ class Coordinator:
         self.reload_error: str | None = None
         self.replicas: dict[str, tuple[int, float]] = {}  # id -> (version, last report)
         run = self.config.run_dir
-        self.writer = RoutedWriter(Path(run, ROUTED_DIR)) if run else None
+        self.writer = RoutedWriter.open(Path(run, ROUTED_DIR)) if run else None
         self._run_checkpoint = latest_checkpoint(run) if run else None
         self._polled = time.monotonic()
 

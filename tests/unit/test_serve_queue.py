@@ -47,7 +47,7 @@ def routed(table: pa.Table, seed: int = 0) -> pa.Table:
 
 
 def write_routed(run_dir, table: pa.Table) -> None:
-    writer = RoutedWriter(run_dir / "online")
+    writer = RoutedWriter.open(run_dir / "online")
     writer.add(routed(table))
     writer.flush()
 
@@ -135,14 +135,14 @@ def test_the_query_csv_escapes_formulas_and_keeps_numbers(run_dir):
 
 def test_routed_posts_in_the_journal_survive_a_crash(tmp_path):
     posts = make_pool_table(5, seed=1, first_id=100, labelled=False)
-    writer = RoutedWriter(tmp_path)
+    writer = RoutedWriter.open(tmp_path)
     writer.add(routed(posts.slice(0, 3)))
     writer.add(routed(posts.slice(3, 2)))
     assert not list(tmp_path.glob("routed-*.parquet"))  # buffered, not yet a shard
     del writer  # the process dies: no flush
     with open(tmp_path / JOURNAL, "ab") as f:
         f.write(b"\xff\xff\xff\xff\x10\x00")  # a batch torn by the crash
-    again = RoutedWriter(tmp_path)
+    again = RoutedWriter.open(tmp_path)
     assert again.replayed is not None and not (tmp_path / JOURNAL).exists()
     assert pq.read_table(again.replayed).column("id").to_pylist() == [100, 101, 102, 103, 104]
     again.add(routed(posts.slice(0, 1)))

@@ -86,7 +86,7 @@ def test_online_queue_puts_the_shown_fields_in_the_query_and_the_pool(tmp_path):
               "predicted_prob": np.full(4, 0.5)}
     rows = routed_rows(posts, result, np.ones(4, dtype=bool),
                        ServeConfig(checkpoint="unused", columns=config.columns), -0.5, "c")
-    writer = RoutedWriter(tmp_path / "run" / "online")
+    writer = RoutedWriter.open(tmp_path / "run" / "online")
     writer.add(rows)
     writer.flush()
 
