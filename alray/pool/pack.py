@@ -1,15 +1,15 @@
 """``pack_pool``: rewrite a pool with its embeddings packed as ``fixed_size_binary``.
 
-The packed layout (alray/pool/layout.py, docs/formats.md) decodes ~8x faster than lists:
+The packed layout (alray/pool/layout.py, docs/formats.md) decodes 6-8x faster than lists:
 Parquet reads a fixed-size binary value with one memcpy and no repetition levels, and
 the reader views the bytes as an ``(n, dim)`` matrix without a copy. Every reader of a
 pool accepts both layouts, so packing changes speed and size, never results (float32),
 or changes the vectors by float16's rounding (``dtype="float16"``, half the bytes).
 
-Streams shard by shard and batch by batch (memory: one batch in, one batch out), keeps
-every other column and the schema's metadata, writes one output shard per input shard
-under the same relative name, and replaces OUT atomically: a failure or an interrupt
-leaves OUT as it was.
+Streams shard by shard and batch by batch (memory: one batch in, one row group out),
+keeps every other column and the schema's metadata, writes one output shard per input
+shard under the same relative name, and replaces OUT atomically (each shard fsynced on a
+local disk, as ``io.write_shard`` does): a failure or an interrupt leaves OUT as it was.
 """
 from __future__ import annotations
 
@@ -105,6 +105,8 @@ def _pack_shard(shard, target, tmp, pool, dims, dtype, batch_rows):
             yield batch.num_rows
         if pending:
             writer.write_table(pa.Table.from_batches(pending), row_group_size=row_group)
+    if isinstance(tmp.fs, io.pafs.LocalFileSystem):
+        io.fsync_file(target)
 
 
 def packed_schema(schema: pa.Schema, pool: PoolConfig, dims: dict[str, int], dtype: str,
