@@ -10,9 +10,10 @@ field's metadata::
 
 Why packed: Parquet decodes a list value by value through repetition and definition
 levels; a fixed-size binary value is one memcpy, and ``np.frombuffer`` then views the
-page as an ``(n, dim)`` matrix without a copy. One thread on this machine decoded a
-1024 + 300-dim pool at ~70k rows/s as ``fixed_size_list<float32>`` and ~570k rows/s
-packed (docs/benchmarks.md, ``bench/decode.py``).
+page as an ``(n, dim)`` matrix without a copy. One thread decoded a 1024 + 300-dim pool
+at ~70k rows/s as ``fixed_size_list<float32>`` and ~570k rows/s packed (issue #17, an
+idle machine); ``bench/decode.py`` measured 6.4-8.1x, at 65-71% of the rate of a plain
+copy of the same bytes (docs/benchmarks.md).
 
 Decoding trusts the byte width, not the metadata: with the dimension known (from the
 metadata, through ``infer_dims``), ``width / dim`` names the dtype unambiguously (2 bytes
