@@ -32,7 +32,7 @@ RANDOM = "random"
 REFERENCE = "margin"
 POOLED = "random (pooled)"
 SAMPLING_OPTIONS = frozenset({"sampling", "sampling_beta", "candidates"})
-ACTIVE_OPTIONS = frozenset({"class_balance"})  # non-zero: a random arm that is not passive
+ACTIVE_OPTIONS = frozenset({"class_balance", "cluster_margin"})  # query rules: non-zero, not passive
 BASELINE, POOLED_IN = "baseline", "pooled into the baseline"  # roles of random arms
 
 
@@ -103,16 +103,22 @@ def add_pooled(curves, arms: dict[str, tuple[str, ...]], metric: str = "accuracy
 
 def reference_of(variant: str, variants, reference: str = REFERENCE) -> str | None:
     """The variant ``variant`` is tested against: ``reference`` itself if it names a
-    variant; else the variant of strategy ``reference`` with the same options, or its only
-    variant. None for the reference itself or when there is no unambiguous one."""
+    variant; else plain ``reference`` (the strategy with ``variant``'s learner options and
+    every query option off: does this option beat it?), else the variant of that strategy
+    with the same options, or its only variant. None for the reference itself or when
+    there is no unambiguous one."""
     variants = sorted(variants)
     if reference in variants:
         found = reference
     else:
         same = [v for v in variants if parse_variant(v)[0] == reference]
         options = parse_variant(variant)[1]
+        plain = [v for v in same if learner_options(v) == learner_options(variant)
+                 and all(_is_off(x) or x == "top" for k, x in parse_variant(v)[1].items()
+                         if k in SAMPLING_OPTIONS | ACTIVE_OPTIONS)]
         exact = [v for v in same if parse_variant(v)[1] == options]
-        found = exact[0] if exact else (same[0] if len(same) == 1 else None)
+        found = plain[0] if plain else exact[0] if exact else (
+            same[0] if len(same) == 1 else None)
     return None if found == variant else found
 
 

@@ -26,7 +26,7 @@ from alray.experiments.stats import holm, paired_t_test, sign_flip_test
 OFF = {"0", "0.0", "top", "False", "false", ""}
 
 
-QUERY_OPTIONS = {"sampling", "sampling_beta", "candidates", "class_balance"}
+QUERY_OPTIONS = {"sampling", "sampling_beta", "candidates", "class_balance", "cluster_margin"}
 
 
 def learner(variant: str) -> tuple[str, tuple, bool]:

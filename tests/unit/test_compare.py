@@ -156,12 +156,18 @@ def test_paired_comparisons_against_random_and_a_reference_with_holm():
 def test_reference_of():
     variants = ["margin class_balance=0.0", "margin class_balance=0.05",
                 "entropy class_balance=0.05", "bald"]
-    assert reference_of("entropy class_balance=0.05", variants) == "margin class_balance=0.05"
-    assert reference_of("bald", variants) is None  # two margins, none with its options
-    assert reference_of("bald", variants, "margin class_balance=0.0") == \
-        "margin class_balance=0.0"
-    assert reference_of("margin class_balance=0.05", variants) is None  # itself
+    # the reference is plain margin: does this variant (option) beat it?
+    assert reference_of("entropy class_balance=0.05", variants) == "margin class_balance=0.0"
+    assert reference_of("margin class_balance=0.05", variants) == "margin class_balance=0.0"
+    assert reference_of("bald", variants) == "margin class_balance=0.0"
+    assert reference_of("margin class_balance=0.0", variants) is None  # itself
+    assert reference_of("bald", variants, "margin class_balance=0.05") == \
+        "margin class_balance=0.05"  # a named reference is taken as it is
     assert reference_of("bald", ["margin", "bald"]) == "margin"
+    # a learner option is shared: frozen batch norm is compared with frozen margin
+    frozen = ["margin freeze_batchnorm=True", "margin freeze_batchnorm=False",
+              "bald freeze_batchnorm=True"]
+    assert reference_of("bald freeze_batchnorm=True", frozen) == "margin freeze_batchnorm=True"
 
 
 @settings(max_examples=40, deadline=None)
