@@ -95,7 +95,7 @@ def _validate_shard(index, shard, pool, n_classes, summary, registry, out) -> No
     summary.bytes += shard.fs.get_file_info(shard.path).size or 0
     first_row = 0
     try:
-        for batch in pf.iter_batches(batch_size=32768, columns=columns):
+        for batch in _batches(pf, columns):
             ids = _check_ids(shard.uri, batch, pool, out, first_row)
             summary.id_type = summary.id_type or str(batch.schema.field(pool.id_column).type)
             registry.add(index, first_row, ids.values)
@@ -105,6 +105,13 @@ def _validate_shard(index, shard, pool, n_classes, summary, registry, out) -> No
             first_row += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
         out.add(Problem("unreadable file", shard.uri, f"corrupt Parquet data: {exc}"))
+
+
+def _batches(pf, columns, batch_size: int = 32768):
+    """A row group at a time (``io.iter_batches``: pyarrow's ``iter_batches`` over a whole
+    file keeps every batch's buffers alive until the file's end)."""
+    for group in range(pf.metadata.num_row_groups):
+        yield from pf.iter_batches(batch_size=batch_size, columns=columns, row_groups=[group])
 
 
 def _check_columns(file, schema: pa.Schema, pool: PoolConfig, out) -> list[str] | None:
