@@ -58,8 +58,10 @@ def test_adaptive_batch_size_table(n, expected):
 
 
 def test_adaptive_batch_size_rejects_empty():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs n >= 1 rows, got 0"):
         adaptive_batch_size(0, 512)
+    with pytest.raises(ValueError, match="batch size must be >= 1, got 0"):
+        adaptive_batch_size(10, 0)
 
 
 @settings(max_examples=200, deadline=None)
