@@ -8,7 +8,8 @@ import sys
 import click
 
 from alray.cli.common import (
-    EXIT_BAD_INPUT, Progress, friendly_errors, parse_knobs, pool_config, pool_options)
+    EXIT_BAD_INPUT, Progress, friendly_errors, parse_knobs, pool_config, pool_options,
+    show_columns_option)
 from alray.pool.synthetic import GeneratorConfig
 from alray.errors import ConfigError
 
@@ -22,11 +23,17 @@ from alray.errors import ConfigError
 @click.option("--max-examples", type=int, default=20, show_default=True,
               help="Problems listed per kind (all are counted).")
 @pool_options
+@show_columns_option
 @friendly_errors
 def validate(pool, classes, dims, as_json, max_examples, id_column, label_column,
-             embedding_columns):
+             embedding_columns, show_columns):
     """Check that POOL (a Parquet file or directory of shards) follows the pool contract."""
-    config = pool_config(id_column, label_column, embedding_columns)
+    config = pool_config(id_column, label_column, embedding_columns, show_columns)
+    if config.show_columns:  # every shard has them, or the file and column are named
+        from alray.pool import io
+        from alray.scoring.plan import check_shown
+        for shard in io.pool_shards(pool):
+            check_shown(config, io.open_parquet(shard).schema_arrow.names, shard.uri)
     expected = _parse_dims(dims)
     if classes is not None and classes < 1:
         raise ConfigError(f"--classes must be >= 1, got {classes}")

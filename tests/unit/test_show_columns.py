@@ -118,3 +118,11 @@ def test_a_shown_column_may_not_be_a_query_or_pool_column(pool, tmp_path):
     with pytest.raises(PoolSchemaError, match="a query already has a column"):
         score_pool(pool, checkpoint, ScoreConfig(strategies=("margin",), query_size=3),
                    PoolConfig(show_columns=("score",)), compute=ComputeConfig(local=True))
+
+
+def test_validate_checks_the_shown_columns(pool):
+    ok = CliRunner().invoke(main, ["validate", pool, "--show-columns", "url,title"])
+    assert ok.exit_code == 0, ok.output
+    bad = CliRunner().invoke(main, ["validate", pool, "--show-columns", "url,snippet"])
+    assert bad.exit_code == 2
+    assert "no column 'snippet' to show (--show-columns)" in bad.output
