@@ -181,6 +181,9 @@ def _execute(plan: ScoringPlan, compute: ComputeConfig, kwargs: dict,
     score with ``--scores-out``)."""
     import ray.data
 
+    # a bad row an actor refuses (PoolSchemaError: NaN embedding, ...) reaches the user
+    # as that error, not as Ray's UserCodeException around a traceback
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     paths = [s.path for s in plan.shards]
     # shards of other but compatible types (pandas' large_string beside string ids, ...)
     schema = read_schema([io.open_parquet(s).schema_arrow for s in plan.shards],

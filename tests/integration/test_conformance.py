@@ -264,6 +264,21 @@ def test_ray_scoring_and_a_smoke_sweep_on_a_pool_of_mixed_types(tmp_path, ray_se
             tmp_path / f"query{len(where)}.parquet", "--query-size", "3", *where)
     on_ray, local = (pq.read_table(tmp_path / f"query{i}.parquet") for i in (0, 1))
     assert on_ray.column("id").to_pylist() == local.column("id").to_pylist()
+    # a NaN an actor refuses reaches the user as alray's error, not Ray's wrapper
+    bad_pool = str(tmp_path / "bad")
+    shutil.copytree(files["pool"], bad_pool)
+    shard = pq.read_table(os.path.join(bad_pool, "part-1.parquet"))
+    text = shard.column("text_emb").combine_chunks()
+    values = np.asarray(text.values).copy()
+    values[0] = np.nan
+    bad = pa.FixedSizeListArray.from_arrays(pa.array(values), 3, mask=pa.array(~np.asarray(
+        text.is_valid())))
+    pq.write_table(shard.set_column(2, "text_emb", bad), os.path.join(bad_pool,
+                                                                     "part-1.parquet"))
+    refused = cli("score", "--pool", bad_pool, "--checkpoint", tmp_path / "ckpt",
+                  "--out", tmp_path / "bad.parquet", "--query-size", "3", ok=False)
+    assert refused.exit_code == 2, refused.output
+    assert "NaN, infinite or null value in the embedding" in refused.output
     out = tmp_path / "sweep"
     cli("sweep", "--pool", files["pool"], "--val", files["val"], "--out", out,
         "--strategies", "random,margin", "--seeds", "0", "--steps", "1",
