@@ -181,8 +181,8 @@ def write_run_query(run_dir: str | os.PathLike, step: int | None = None,
                     class_names: list[str] | None = None) -> dict[str, Path]:
     """The query of ``step`` of a run (default: the one waiting for labels) written for
     Label Studio beside it: ``RUN/queries/step-NNNNN.label-studio.json`` and ``.xml``,
-    with the run's class count. Reads the run only (no lock: it changes no run file)."""
-    run = RunDir.open(run_dir)
+    with the run's class count, under the run's writer lock (its files go into the run)."""
+    run = RunDir.open(run_dir, write=True)  # it writes into RUN/queries: one writer
     if step is None:
         step = run.read_state().open_query
         if step is None:
