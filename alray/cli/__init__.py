@@ -20,8 +20,9 @@ from alray.cli import (
                    "to logs/ray.log in the command's run or output folder].")
 def main(verbose: bool) -> None:
     """alray: active learning on Ray - which posts should assessors label next."""
-    from alray.cli.common import VERBOSE
+    from alray.cli.common import VERBOSE, show_input_warnings
     VERBOSE["on"] = verbose
+    show_input_warnings()
     # Ray Data logs every dataset's plan at INFO on the console; keep that in its log file
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG",
                           os.path.join(os.path.dirname(os.path.dirname(__file__)),

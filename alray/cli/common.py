@@ -165,3 +165,20 @@ def class_names_of(path: str | None) -> list[str] | None:
     from alray.loop.labelstudio.tasks import read_class_names
 
     return read_class_names(path) if path else None
+
+
+def show_input_warnings() -> None:
+    """alray's input warnings as ``alray: warning: ...`` lines on stderr (not Python's
+    ``file:line: InputWarning:`` form); any other warning as Python shows it."""
+    import warnings
+
+    from alray.errors import InputWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, InputWarning):
+            click.echo(f"alray: warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+    warnings.showwarning = show

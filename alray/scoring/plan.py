@@ -9,6 +9,7 @@ crosses a Ray boundary to the scoring actors.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 from alray.acquisition import candidate_hashes, check_names
 from alray.acquisition.registry import STRATEGIES
 from alray.config import PoolConfig, ScoreConfig
-from alray.errors import LabelsError, PoolExhaustedError, PoolSchemaError
+from alray.errors import InputWarning, LabelsError, PoolExhaustedError, PoolSchemaError
 from alray.pool import io
 from alray.pool.normalize import normalize_ids
 from alray.pool.schema import QUERY_COLUMNS, infer_dims
@@ -142,6 +143,10 @@ def _check_census(census: dict, score: ScoreConfig, pool_uri: str,
         raise LabelsError(f"none of the {len(exclude):,} excluded ids is in the pool "
                           f"{pool_uri} (first: {exclude[0]!r}); is it the right pool or "
                           "the right id column?")
+    if 0 < census["excluded"] < len(exclude):
+        warnings.warn(InputWarning(
+            f"{len(exclude) - census['excluded']:,} of the {len(exclude):,} excluded ids "
+            f"are not in the pool {pool_uri}"), stacklevel=3)
     candidates = census["total"] - census["excluded"]
     if score.query_size > candidates:
         raise PoolExhaustedError(

@@ -75,3 +75,26 @@ def test_sweep_takes_the_loop_option_names(pools, tmp_path):
     assert cfg.steps == 3
     # an option not given keeps the loop's default, not a sweep-specific one
     assert cfg.loop.score.mc_samples == ScoreConfig().mc_samples
+
+
+def test_exclude_ids_not_in_the_pool_are_said(pools, tmp_path):
+    from click.testing import CliRunner
+
+    from alray.cli import main
+
+    ck = tmp_path / "ck"
+    trained = CliRunner().invoke(main, ["train", "--pool", pools[0], "--labels-from-pool",
+                                        "--initial", "30", "--epochs", "1", "--out", str(ck)])
+    assert trained.exit_code == 0, trained.output
+    some = tmp_path / "some.csv"
+    some.write_text("id\n1\n2\n999999\n")
+    args = ["score", "--pool", pools[0], "--checkpoint", str(ck), "--local", "--out",
+            str(tmp_path / "q.parquet"), "--query-size", "3"]
+    partly = CliRunner().invoke(main, [*args, "--exclude", str(some)])
+    assert partly.exit_code == 0, partly.output
+    assert "alray: warning: 1 of the 3 excluded ids are not in the pool" in partly.stderr
+    none = tmp_path / "none.csv"
+    none.write_text("id\n999998\n999999\n")
+    refused = CliRunner().invoke(main, [*args, "--exclude", str(none)])
+    assert refused.exit_code == 2
+    assert "none of the 2 excluded ids is in the pool" in refused.stderr
