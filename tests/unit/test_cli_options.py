@@ -35,7 +35,7 @@ def _flags(command) -> set[str]:
 
 def test_every_loop_science_option_is_a_sweep_option_by_the_same_name():
     loop_only = {"--run-dir", "--resume", "--resume-if-exists", "--allow-pool-change",
-                 "--assessors", "--show-columns"}  # the last two: for people, not a sweep
+                 "--assessors", "--show-columns", "--export", "--class-names"}  # for people
     science = {flag for o in SCIENCE for flag in o.flags.split("/")}
     assert science <= _flags(loop)
     assert science <= _flags(sweep)
