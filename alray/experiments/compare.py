@@ -32,7 +32,8 @@ RANDOM = "random"
 REFERENCE = "margin"
 POOLED = "random (pooled)"
 SAMPLING_OPTIONS = frozenset({"sampling", "sampling_beta", "candidates"})
-ACTIVE_OPTIONS = frozenset({"class_balance", "cluster_margin"})  # query rules: non-zero, not passive
+# choices of which posts get labelled: an arm with one on is not passive learning
+ACTIVE_OPTIONS = frozenset({"class_balance", "cluster_margin", "initial_strategy"})
 BASELINE, POOLED_IN = "baseline", "pooled into the baseline"  # roles of random arms
 
 
@@ -51,7 +52,7 @@ def _is_off(value: str) -> bool:
     try:
         return float(value) == 0
     except ValueError:
-        return value.strip().lower() in ("false", "none", "")
+        return value.strip().lower() in ("false", "none", "", "top", "random")
 
 
 def is_plain_random(variant: str) -> bool:
