@@ -182,3 +182,6 @@ def show_input_warnings() -> None:
         else:
             shown(message, category, filename, lineno, file, line)
     warnings.showwarning = show
+    # for this command only: the caller (a test, a notebook) gets its own display back
+    click.get_current_context().call_on_close(
+        lambda: setattr(warnings, "showwarning", shown))
