@@ -14,7 +14,10 @@
 # one that `ray start` left running, nor a cluster), so the GPUs it counts, the actors
 # and nvidia-smi all see the same machine. The default
 # pool takes ~18 GiB of disk and a few minutes to generate; it is kept for the next run.
-# Env: ROWS, ACTORS, CPUS_PER_ACTOR (CPU runs), BATCH, PYTHON, ALRAY.
+# Then the resident pool (bench/resident.py, RESIDENT=0 skips it): the actors hold the
+# pool in GPU memory and score it step after step (rows/s of a step, memory per actor).
+# Env: ROWS, ACTORS, CPUS_PER_ACTOR (CPU runs), BATCH, RESIDENT, RESIDENT_DTYPE, PYTHON,
+# ALRAY.
 set -euo pipefail
 export RAY_ADDRESS=local
 
@@ -107,7 +110,7 @@ for STRATEGY in margin bald; do
     sampler
     START=$(date +%s.%N)
     if ! "$ALRAY" score --pool "$POOL_DIR/pool" --checkpoint "$CKPT" --strategy "$STRATEGY" \
-            --mc-samples "$K" --batch-size "$BATCH" "${LAYOUT[@]}" \
+            --mc-samples "$K" --score-batch-size "$BATCH" "${LAYOUT[@]}" \
             --out "$DIR/query-$STRATEGY.parquet" --show 0 > "$LOG" 2>&1; then
         peak > /dev/null
         echo "alray score --strategy $STRATEGY failed; the end of $LOG:" >&2
@@ -120,3 +123,24 @@ for STRATEGY in margin bald; do
         "$SECONDS_TAKEN" "$(awk -v r="$ROWS" -v s="$SECONDS_TAKEN" 'BEGIN {printf "%.0f", r / s}')" \
         "$(peak)"
 done
+
+# The resident pool (bench/resident.py): the same actors read their part once (into GPU
+# memory on a GPU) and score it step after step; rows/s of a step once the pool is held.
+# RESIDENT=0 skips it; RESIDENT_DTYPE=float16 halves the memory.
+if [[ "${RESIDENT:-1}" == 1 ]]; then
+    if (( GPUS > 0 )); then
+        RESIDENT_LAYOUT=(--actors "$ACTORS" --gpus 1 --cpus 1)
+    else
+        RESIDENT_LAYOUT=(--actors "$ACTORS" --cpus "$CPUS_PER_ACTOR")
+    fi
+    echo
+    echo "resident pool, $WHAT, ${RESIDENT_DTYPE:-float32}:"
+    if ! "$PYTHON" bench/resident.py --pool "$POOL_DIR/pool" --rows "$ROWS" --paths resident \
+            --strategies margin,bald --k "$K" --steps 3 --batch "$BATCH" \
+            --dtype "${RESIDENT_DTYPE:-float32}" "${RESIDENT_LAYOUT[@]}" > "$DIR/resident.log" 2>&1; then
+        echo "bench/resident.py failed; the end of $DIR/resident.log:" >&2
+        tail -n 30 "$DIR/resident.log" >&2
+        exit 1
+    fi
+    grep -E "^(\||resident:|  actor|  node)" "$DIR/resident.log"
+fi

@@ -2,8 +2,11 @@
 
 Why these pieces (measured on the 2-core development machine, docs/benchmarks.md,
 "Resident pool"): a loop step re-read and re-decoded the whole pool through Ray Data
-although only ~20 KB of weights change between steps; reading and decoding, not the
-model, bounded a one-pass strategy. Here each actor owns a disjoint, balanced range of
+although only ~20 KB of weights change between steps. On the default 250k pool, a margin
+step took 19.5 s streaming and 5.7 s resident (3.4x), BALD K=20 67.9 s and 43.5 s, each
+within 0.88-0.94x of the forward passes alone timed in the same actors: what is left of
+a step is the model's arithmetic. The actors hold 1.003x rows x dims x bytes (RSS 1.40x
+for two actors with their runtimes). Here each actor owns a disjoint, balanced range of
 rows (``plan_parts``), reads and decodes it on its first call (no constructor does I/O,
 so an actor Ray restarts re-reads only its part) and keeps it as float32 or float16
 matrices (a GPU actor: in GPU memory). Each step the driver plans as the streaming path
@@ -15,18 +18,19 @@ the candidates it kept, with their carried columns; the driver merges them with
 ``QueryMerger`` again. Merging top-k's is exact (``alray.scoring.topk``), so the query
 is the streaming path's, ids and order.
 
-Memory: before any actor exists, each part's bytes (rows x dims x bytes, plus ids,
-labels and masks) are set against what a node may hold (``resident_memory_mb``, else
-half of the node's Ray ``memory`` resource); parts are spread over nodes. A pool that
-does not fit is refused (``ResidentMemoryError``) or, for the loop, streamed with a
-``ResidentFallback`` warning saying why.
+Memory (``alray.scoring.parts``): before any actor exists, each part's bytes (rows x
+dims x bytes, plus ids, labels and masks) are set against what a node may hold
+(``resident_memory_mb``, else half of the node's Ray ``memory`` resource); parts are
+spread over nodes. A pool that does not fit is refused (``ResidentMemoryError``) or, for
+the loop, streamed with a ``ResidentFallback`` warning saying why. A part is decoded a
+batch at a time into preallocated matrices, with Arrow's system allocator, whose freed
+buffers go back to the system. An actor that dies is restarted by Ray (the step's calls
+retried) and reads its own part again on its first call.
 """
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -38,99 +42,16 @@ from alray.pool.arrays import PostArrays, arrays_from_table
 from alray.pool.normalize import id_type_of
 from alray.pool.schema import infer_dims
 from alray.scoring.merge import QueryMerger
+from alray.scoring.parts import (Piece, ResidentFallback, ResidentMemoryError,
+                                 check_compute, fit_problem, node_allowance, part_bytes,
+                                 plan_parts)
 from alray.scoring.scorer import BatchScorer, with_shown
 
-DTYPES = ("float32", "float16")
-DEFAULT_SHARE = 0.5  # of a node's Ray "memory" resource, without resident_memory_mb
-ROW_OVERHEAD = 8 + 8  # id and label bytes a row (string ids: counted by their text)
-
-
-class ResidentMemoryError(ConfigError):
-    """The resident pool does not fit the memory allowed."""
-
-
-class ResidentFallback(UserWarning):
-    """The loop streams the pool every step because a resident pool would not fit."""
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Rows ``[start, stop)`` of one shard."""
-
-    shard: io.Location
-    start: int
-    stop: int
-
-
-def check_compute(compute: ComputeConfig) -> None:
-    """ConfigError naming every problem of the resident settings (``ComputeConfig``
-    leaves them to the module that uses them)."""
-    problems = []
-    if compute.resident_dtype not in DTYPES:
-        problems.append(f"resident_dtype must be one of {', '.join(DTYPES)}, got "
-                        f"{compute.resident_dtype!r}")
-    memory = compute.resident_memory_mb
-    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int)
-                               or memory <= 0):
-        problems.append(f"resident_memory_mb must be an integer > 0 (or unset), got "
-                        f"{memory!r}")
-    if problems:
-        raise ConfigError(f"ComputeConfig: {problems[0]}",
-                          [f"ComputeConfig: {p}" for p in problems])
-
-
-def plan_parts(shards: Iterable[io.Location], n_parts: int) -> list[list[Piece]]:
-    """``n_parts`` disjoint row ranges covering every row once, sizes differing by at
-    most one row (shard boundaries cut a part into pieces). Reads shard footers only."""
-    rows = [(shard, io.open_parquet(shard).metadata.num_rows) for shard in shards]
-    total = sum(n for _, n in rows)
-    n_parts = max(1, min(n_parts, total))
-    bounds = [total * i // n_parts for i in range(n_parts + 1)]
-    parts: list[list[Piece]] = [[] for _ in range(n_parts)]
-    first = 0
-    for shard, n in rows:
-        for i in range(n_parts):  # the parts overlapping [first, first + n)
-            lo, hi = max(bounds[i], first), min(bounds[i + 1], first + n)
-            if lo < hi:
-                parts[i].append(Piece(shard, lo - first, hi - first))
-        first += n
-    return parts
-
-
-def part_bytes(rows: int, dims: Mapping[str, int], dtype: str) -> int:
-    """Bytes a part of ``rows`` rows holds: the matrices, a present mask per modality,
-    ids and labels."""
-    width = np.dtype(dtype).itemsize
-    return rows * (sum(dims.values()) * width + len(dims) + ROW_OVERHEAD)
-
-
-def node_allowance(compute: ComputeConfig) -> tuple[int, int]:
-    """(bytes a node may hold, alive nodes) from ``resident_memory_mb`` or the smallest
-    node's Ray ``memory`` resource."""
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if compute.resident_memory_mb is not None:
-        return compute.resident_memory_mb * 2**20, max(1, len(nodes))
-    memory = [n["Resources"].get("memory", 0) for n in nodes] or [0]
-    return int(DEFAULT_SHARE * min(memory)), max(1, len(nodes))
-
-
-def fit_problem(parts: list[list[Piece]], dims: Mapping[str, int], dtype: str,
-                allowed: int, n_nodes: int) -> str | None:
-    """Why the parts do not fit ``allowed`` bytes a node (None when they do): the
-    parts are spread over ``n_nodes``, so a node holds ``ceil(parts / nodes)`` of the
-    largest."""
-    rows = [sum(p.stop - p.start for p in part) for part in parts]
-    per_node = math.ceil(len(parts) / n_nodes)
-    need = per_node * part_bytes(max(rows), dims, dtype)
-    if need <= allowed:
-        return None
-    return (f"a resident pool of {sum(rows):,} rows x {sum(dims.values())} dims as {dtype} "
-            f"needs {need / 2**20:,.0f} MiB on a node ({per_node} part(s) of up to "
-            f"{max(rows):,} rows on each of {n_nodes} node(s)), more than the "
-            f"{allowed / 2**20:,.0f} MiB allowed (--resident-memory, or float16, or "
-            "more nodes)")
+# the system allocator: glibc gives a decode's freed buffers back (malloc_trim); Arrow's
+# mimalloc kept ~60% of a part's size on top of it (a 20k-row pool's second part: 82 MiB
+# of RSS for 51 MiB held, 55 MiB with the system allocator)
+ACTOR_ENV = {"env_vars": {"ARROW_DEFAULT_MEMORY_POOL": "system"}}
+READ_ROWS = 8192  # rows a decode batch when a part is read
 
 
 class ResidentPart:
@@ -196,6 +117,7 @@ class ResidentPart:
         self.shown = (pa.concat_tables(shown, promote_options="permissive").combine_chunks()
                       if shown else None)
         self.loads += 1
+        _give_back_memory()
 
     def _check_device_memory(self, rows: int) -> None:
         if self.device == "cpu":
@@ -224,6 +146,35 @@ class ResidentPart:
             merger.absorb(out)
         return merger.candidates(self.id_type or pa.int64())
 
+    def forward_seconds(self, args: Mapping, batch_size: int) -> float:
+        return forward_seconds(self, args, batch_size)
+
+
+def _give_back_memory() -> None:
+    """Return the decode's freed buffers to the system: Arrow's pool and glibc keep them
+    otherwise (measured: 325 MiB of RSS for a 51 MiB part, 105 MiB after this)."""
+    import ctypes
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def forward_seconds(part: "ResidentPart", args: Mapping, batch_size: int) -> float:
+    """For benchmarks: seconds of the model's forward passes alone (MC dropout included)
+    over the part's rows, in the part's own process and threads: no exclusions, top-k,
+    merge or carried columns. What a step cannot avoid."""
+    import time
+
+    part.load()
+    scorer = BatchScorer(**args, num_threads=part.num_threads, device=part.device)
+    started = time.perf_counter()
+    for start in range(0, len(part.data), batch_size):
+        scorer.model.outputs(part.data.take(slice(start, start + batch_size)))
+    return time.perf_counter() - started
+
 
 def _rss() -> int:
     """This process's resident set size in bytes (Linux; 0 elsewhere)."""
@@ -248,9 +199,13 @@ def _read_piece(piece: Piece, pool: PoolConfig):
         for group in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(group).num_rows
             lo, hi = max(piece.start, first), min(piece.stop, first + n)
-            if lo < hi:
-                table = pf.read_row_group(group, columns=columns)
-                yield lo, table.slice(lo - first, hi - lo)
+            at = first
+            for batch in (pf.iter_batches(READ_ROWS, row_groups=[group], columns=columns)
+                          if lo < hi else ()):  # a batch at a time: a small transient
+                b_lo, b_hi = max(lo, at), min(hi, at + batch.num_rows)
+                if b_lo < b_hi:
+                    yield b_lo, pa.Table.from_batches([batch.slice(b_lo - at, b_hi - b_lo)])
+                at += batch.num_rows
             first += n
     except (pa.ArrowException, OSError) as exc:
         raise PoolSchemaError(f"{piece.shard.uri}: unreadable or corrupt Parquet file: "
@@ -291,7 +246,8 @@ class ResidentPool:
                 raise ResidentMemoryError(problem)
         remote = ray.remote(num_cpus=compute.cpus_per_actor,
                             num_gpus=compute.score_gpus_per_actor, max_restarts=-1,
-                            max_task_retries=-1, scheduling_strategy="SPREAD")(ResidentPart)
+                            max_task_retries=-1, scheduling_strategy="SPREAD",
+                            runtime_env=ACTOR_ENV)(ResidentPart)
         threads = 1 if gpu else max(1, int(compute.cpus_per_actor))
         actors = [remote.remote(part, columns.to_dict(), dims, compute.resident_dtype,
                                 "cuda" if gpu else "cpu", threads) for part in parts]
@@ -303,6 +259,18 @@ class ResidentPool:
         import ray
 
         return ray.get([a.load.remote() for a in self.actors])
+
+    def forward_seconds(self, model: Mapping, score: ScoreConfig) -> float:
+        """For benchmarks: the slowest actor's seconds of forward passes alone
+        (``forward_seconds``), every actor at once, as in a step."""
+        import ray
+
+        from alray.scoring.plan import plan_scoring
+
+        args = plan_scoring(self.pool_uri, model, score, self.columns).scorer_args()
+        args["model"] = ray.put(args["model"])
+        return max(ray.get([a.forward_seconds.remote(args, self.compute.score_batch_size)
+                            for a in self.actors]))
 
     def info(self) -> list[dict]:
         """Per actor: rows, bytes held, process RSS, loads, pid."""

@@ -170,3 +170,12 @@ def test_shown_columns_come_with_the_resident_query(tmp_path, checkpoint):
     assert_same(want, got)
     for table in got.values():
         check_rows(table)
+
+
+def test_forward_seconds_times_the_passes_alone(pool3, checkpoint):
+    from alray.scoring.resident import forward_seconds
+
+    score = ScoreConfig(strategies=("bald",), query_size=5, mc_samples=3)
+    part = ResidentPart(plan_parts(io.pool_shards(pool3), 1)[0], PoolConfig().to_dict(), DIMS)
+    args = plan_scoring(pool3, checkpoint, score).scorer_args()
+    assert forward_seconds(part, args, 50) > 0 and part.info()["loads"] == 1
