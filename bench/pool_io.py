@@ -15,7 +15,7 @@ import time
 
 
 def _generate(out, rows, queue):
-    from alray.config import GeneratorConfig
+    from alray.pool.synthetic import GeneratorConfig
     from alray.pool.synthetic import generate_pool
     started = time.perf_counter()
     generate_pool(out, GeneratorConfig(rows=rows))

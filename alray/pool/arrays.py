@@ -15,10 +15,10 @@ import pyarrow as pa
 
 from alray.config import PoolConfig
 from alray.errors import PoolSchemaError
+from alray.pool import UNLABELLED
 from alray.pool.layout import packed_values
 from alray.pool.normalize import normalize_ids, normalize_labels
 
-UNLABELLED = -1
 
 
 @dataclass

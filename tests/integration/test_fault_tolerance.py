@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from alray.config import ScoreConfig
+from alray.config import ComputeConfig, ScoreConfig
 from alray.scoring.pipeline import score_pool
 from tests.conftest import make_pool_table, write_pool
 from tests.unit.test_loop_resume import (  # noqa: F401 (fixtures: pools, reference)
@@ -57,8 +57,8 @@ def test_scoring_survives_a_worker_node_killed_mid_way(tmp_path):
     seen = run_scenario(tmp_path, "scoring", pool, ckpt)
     assert seen["killed"] and 0 < seen["at_rows"] < seen["total"], seen
     expected = score_pool(pool, ckpt, ScoreConfig(strategies=("margin", "bald"),
-                                                  query_size=25, mc_samples=8,
-                                                  batch_size=50), use_ray=False)
+                                                  query_size=25, mc_samples=8),
+                          compute=ComputeConfig(local=True, score_batch_size=50))
     for strategy, table in expected.items():
         assert seen["queries"][strategy] == table.column("id").to_pylist()
         assert seen["scores"][strategy] == table.column("score").to_pylist()
