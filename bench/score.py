@@ -33,7 +33,7 @@ import torch
 import procs
 
 from alray.acquisition import compute_scores
-from alray.config import ModelConfig, PoolConfig, ScoreConfig
+from alray.config import ComputeConfig, ModelConfig, PoolConfig, ScoreConfig
 from alray.pool.synthetic import GeneratorConfig
 from alray.model import FusionNet, save_checkpoint
 from alray.model.fusion import as_tensors
@@ -147,21 +147,20 @@ def main():
     ckpt = f"{args.dir}/model.ckpt"
     save_checkpoint(ckpt, model, model.config)
     gib = sum(s.fs.get_file_info(s.path).size for s in io.pool_shards(pool)) / 2**30
-    cfg = ScoreConfig(strategies=(args.strategy,), mc_samples=args.k,
-                      batch_size=args.batch_size, num_cpus_per_actor=0.5)
+    cfg = ScoreConfig(strategies=(args.strategy,), mc_samples=args.k)
     torch.set_num_threads(2)
-    default = ScoreConfig()
-
-    ray1 = lambda: score_pool(pool, ckpt, cfg.replace(  # noqa: E731
-        actors=default.actors, num_cpus_per_actor=default.num_cpus_per_actor), use_ray=True)
+    default = ComputeConfig(score_batch_size=args.batch_size)
+    local = default.replace(local=True)
+    ray2 = default.replace(score_actors=2, score_cpus_per_actor=0.5)
     every = {
         "naive": ("naive single process", lambda: naive(pool, model, args.strategy, args.k,
                                                         args.batch_size)),
-        "local": ("alray local path", lambda: score_pool(pool, ckpt, cfg, use_ray=False)),
-        "ray1": (f"alray Ray Data, {default.actors} actor x {default.num_cpus_per_actor:g} "
-                 f"CPU (ScoreConfig defaults)", ray1),
-        "ray2": ("alray Ray Data, 2 actors x 0.5 CPU", lambda: score_pool(
-            pool, ckpt, cfg.replace(actors=2, num_cpus_per_actor=0.5), use_ray=True)),
+        "local": ("alray local path", lambda: score_pool(pool, ckpt, cfg, compute=local)),
+        "ray1": (f"alray Ray Data, {default.score_actors} actor x {default.cpus_per_actor:g} "
+                 f"CPU (ComputeConfig defaults)",
+                 lambda: score_pool(pool, ckpt, cfg, compute=default)),
+        "ray2": ("alray Ray Data, 2 actors x 0.5 CPU",
+                 lambda: score_pool(pool, ckpt, cfg, compute=ray2)),
     }
     chosen = [p.strip() for p in args.paths.split(",") if p.strip()]
     if args.no_naive:

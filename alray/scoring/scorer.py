@@ -6,7 +6,7 @@ candidates of every requested strategy. Only those
 candidates leave the actor (k rows per strategy, not one score per row); the driver
 merges them with ``TopK`` (exact: the global top k is the top k of the per-batch tops).
 
-No Ray import at module level: the same class runs in-process (``use_ray=False``).
+No Ray import at module level: the same class runs in-process (``ComputeConfig(local=True)``).
 """
 from __future__ import annotations
 
