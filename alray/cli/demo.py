@@ -53,7 +53,7 @@ def demo(out, rows, seed, loop_steps):
     run_scoring(result["pool"], f"{out}/passive.ckpt", score_cfg, PoolConfig(), labelled,
                 ComputeConfig(), f"{out}/query.parquet", 0, show=5)
     click.echo(f"== 5. a short simulated active-learning loop (margin, {loop_steps} steps of 20 "
-               "posts): Ray Data scoring, a long-lived Ray Train worker fine-tuning")
+               "posts): resident scoring actors, a long-lived Ray Train worker fine-tuning")
     import shutil
     from alray.cli.loop import invoke_loop
     shutil.rmtree(f"{out}/run-margin", ignore_errors=True)  # the pool was just regenerated
