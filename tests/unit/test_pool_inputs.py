@@ -308,36 +308,32 @@ def test_read_schema_unifies_shards_only_when_they_differ():
         read_schema([one, text], "id", "label", ["image_emb"], ["id"])
 
 
-def test_a_pandas_shard_without_any_label_is_a_valid_unlabelled_shard(tmp_path):
-    """pandas writes a label column of None only as Arrow type null."""
+def _pool_with_a_none_column(tmp_path, column: str) -> None:
+    """A pandas pool of two shards, the second with new ids and ``column`` all None
+    (pandas writes it as Arrow type null); it must validate."""
     from alray.pool.validate import validate_pool
 
     (tmp_path / "pool").mkdir()
     _pandas_pool(tmp_path / "pool" / "a.parquet")
     frame = pd.read_parquet(tmp_path / "pool" / "a.parquet")
     frame["id"] = [f"new{i}" for i in range(len(frame))]
-    frame["label"] = [None] * len(frame)
+    frame[column] = [None] * len(frame)
     frame.to_parquet(tmp_path / "pool" / "b.parquet")
-    assert pq.read_schema(tmp_path / "pool" / "b.parquet").field("label").type == pa.null()
+    assert pq.read_schema(tmp_path / "pool" / "b.parquet").field(column).type == pa.null()
     report = validate_pool(str(tmp_path / "pool"), n_classes=3)
     assert report.ok, [str(p) for p in report.problems]
+
+
+def test_a_pandas_shard_without_any_label_is_a_valid_unlabelled_shard(tmp_path):
+    """pandas writes a label column of None only as Arrow type null."""
+    _pool_with_a_none_column(tmp_path, "label")
     ids, labels = read_ids_and_labels(str(tmp_path / "pool"), POOL)
     assert (labels[ids.tolist().index("new0"):] == -1).all()
 
 
 def test_a_pandas_shard_without_any_text_embedding_is_a_missing_modality(tmp_path):
     """pandas writes an embedding column of None only as Arrow type null."""
-    from alray.pool.validate import validate_pool
-
-    (tmp_path / "pool").mkdir()
-    _pandas_pool(tmp_path / "pool" / "a.parquet")
-    frame = pd.read_parquet(tmp_path / "pool" / "a.parquet")
-    frame["id"] = [f"new{i}" for i in range(len(frame))]
-    frame["text_emb"] = [None] * len(frame)
-    frame.to_parquet(tmp_path / "pool" / "b.parquet")
-    assert pq.read_schema(tmp_path / "pool" / "b.parquet").field("text_emb").type == pa.null()
-    report = validate_pool(str(tmp_path / "pool"), n_classes=3)
-    assert report.ok, [str(p) for p in report.problems]
+    _pool_with_a_none_column(tmp_path, "text_emb")
     rows = load_rows(str(tmp_path / "pool"), POOL, ids=np.array(["new1", "00001"], object))
     new = rows.ids.tolist().index("new1")
     assert not rows.present["text"][new] and rows.present["text"][1 - new]
