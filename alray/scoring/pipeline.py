@@ -147,7 +147,7 @@ def _score_ray(plan: ScoringPlan, compute: ComputeConfig, progress: Progress | N
         with footer_readers(len(plan.shards)):
             _execute(plan, compute, kwargs, merger, scores_dir)
     except Exception as exc:  # Ray wraps errors from read tasks and actors
-        raise _unwrap(exc, plan.shards) from None
+        raise ray_error(exc, plan.shards) from None
     finally:
         if poller is not None:
             poller.stop()
@@ -232,7 +232,7 @@ class _Poller:
         self._thread.join()
 
 
-def _unwrap(exc: Exception, shards) -> Exception:
+def ray_error(exc: Exception, shards) -> Exception:
     """An AlrayError for an exception Ray raised, naming the shard when Ray did."""
     cause, seen = exc, set()
     while cause is not None and id(cause) not in seen:  # Ray's RayTaskError(X) is an X

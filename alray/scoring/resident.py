@@ -283,7 +283,7 @@ class ResidentPool:
         """strategy -> query table, as ``score_pool`` on this pool returns it."""
         import ray
 
-        from alray.scoring.pipeline import PUT_THRESHOLD, _unwrap
+        from alray.scoring.pipeline import PUT_THRESHOLD, ray_error
         from alray.scoring.plan import plan_scoring
 
         plan = plan_scoring(self.pool_uri, model, score, self.columns, exclude_ids, step,
@@ -301,7 +301,7 @@ class ResidentPool:
                                   for a in self.actors]):
                 merger.absorb(table)
         except Exception as exc:  # Ray wraps the actors' errors
-            raise _unwrap(exc, plan.shards) from None
+            raise ray_error(exc, plan.shards) from None
         return merger.queries(plan.id_type)
 
     def close(self) -> None:
