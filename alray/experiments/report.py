@@ -12,6 +12,7 @@ import numpy as np
 
 from alray.experiments import stats
 from alray.experiments.compare import BASELINE, REFERENCE, SHARES, compare_sweep, pct
+from alray.experiments.study_table import passive_name, study_markdown
 
 BOUND_SIGNS = {stats.AT_MOST: "<= ", stats.AT_LEAST: ">= "}
 
@@ -115,9 +116,26 @@ def summary_page(result: dict, figures: list[str]) -> str:
         "## Against the smoothed passive curve\n",
         _passive_text(result["passive"]),
         savings_markdown(summary, "smooth_"),
+        *_study_section(result),
     ]
     lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})\n" for f in figures]
     return "\n".join(lines)
+
+
+def _study_section(result: dict) -> list[str]:
+    """The study's table against one passive curve (none without a plain random arm)."""
+    name = passive_name(result["arms"])
+    if name is None:
+        return []
+    passive = result["passive"][name]
+    return ["## The study's table: labels to a share of one passive plateau\n",
+            f"Every arm against the same targets: shares of `{name}`'s smoothed plateau "
+            f"({passive['final']:.4f}), its own learner or not. Per seed, a target met at the "
+            "first step counts as that step's labels, a bound (<=); one never met counts at "
+            "the horizon (>=); a mean is exact, with its 95% t-interval, only when every seed "
+            "measured it, and n/a when seeds are bounded both ways. (k/n): seeds that reached "
+            "the target.\n",
+            study_markdown(result["curves"], passive, name)]
 
 
 def _baseline_text(arms: dict) -> str:
@@ -154,21 +172,75 @@ def _saving_figure(tested, out: str) -> str:
                         "Labels saved vs random (mean, 95% t-interval over seeds)")
 
 
-def write_report(sweep_dir: str | os.PathLike, out: str | os.PathLike,
-                 reference: str = REFERENCE) -> list[str]:
-    """Figures, ``per_seed.csv`` and ``summary.md`` for the sweep in ``sweep_dir``, its
-    variants tested against random and against ``reference`` (a strategy or a variant);
-    returns the files written."""
+# what pairs seeds across sweeps: the same seed draws the same initial set only from the
+# same pool with the same initial size (and the same validation set scores them alike)
+PAIRED_KEYS = ("pool_uri", "val_uri", "initial")
+
+
+def _sweep_loop(sweep_dir: str) -> dict | None:
+    import json
+
+    path = os.path.join(sweep_dir, "sweep.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("loop")
+
+
+def _check_paired(sweep_dirs: list[str]) -> None:
+    """Refuse sweeps whose seeds are not paired (their loops' PAIRED_KEYS differ)."""
+    from alray.errors import ConfigError
+
+    loops = [(d, _sweep_loop(d)) for d in sweep_dirs]
+    loops = [(d, loop) for d, loop in loops if loop is not None]
+    for d, loop in loops[1:]:
+        first_dir, first = loops[0]
+        for key in PAIRED_KEYS:
+            if loop.get(key) != first.get(key):
+                raise ConfigError(f"{d}: {key} is {loop.get(key)!r} but {first_dir} has "
+                                  f"{first.get(key)!r}; sweeps reported together must "
+                                  "share the pool, validation set and initial size")
+
+
+def read_curves(sweep_dirs):
+    """The curves of one sweep folder or several, concatenated, with ``accuracy`` and
+    ``macro_f1`` the fused head's. Several sweeps must be paired (``PAIRED_KEYS``) and
+    name each variant once (a grid option in one of them tells arms apart)."""
     import pandas as pd
 
-    from alray.errors import StateError
+    from alray.errors import ConfigError, StateError
+
+    dirs = [os.fspath(sweep_dirs)] if isinstance(sweep_dirs, (str, os.PathLike)) else [
+        os.fspath(d) for d in sweep_dirs]
+    if not dirs:
+        raise ConfigError("no sweep folder to report")
+    parts, seen = [], {}
+    for d in dirs:
+        path = os.path.join(d, "curves.parquet")
+        if not os.path.exists(path):
+            raise StateError(f"{d}: no curves.parquet; is it a finished sweep folder?")
+        part = pd.read_parquet(path)
+        for variant in part["variant"].unique():
+            if variant in seen:
+                raise ConfigError(f"variant {variant!r} is in both {seen[variant]} and {d}; "
+                                  "a grid option (e.g. --grid train.freeze_batchnorm=true) "
+                                  "names the arms of one sweep apart")
+            seen[variant] = d
+        parts.append(part)
+    _check_paired(dirs)
+    curves = pd.concat(parts, ignore_index=True)
+    return curves.rename(columns={"fused_accuracy": "accuracy", "fused_macro_f1": "macro_f1"})
+
+
+def write_report(sweep_dirs, out: str | os.PathLike,
+                 reference: str = REFERENCE) -> list[str]:
+    """Figures, ``per_seed.csv`` and ``summary.md`` for the sweep in ``sweep_dirs`` (a
+    folder, or several paired ones reported together: ``read_curves``), its variants
+    tested against random and against ``reference`` (a strategy or a variant); returns
+    the files written."""
     from alray.experiments.plots import plot_comparison
 
-    curves_path = os.path.join(sweep_dir, "curves.parquet")
-    if not os.path.exists(curves_path):
-        raise StateError(f"{sweep_dir}: no curves.parquet; is it a finished sweep folder?")
-    curves = pd.read_parquet(curves_path).rename(columns={"fused_accuracy": "accuracy",
-                                                           "fused_macro_f1": "macro_f1"})
+    curves = read_curves(sweep_dirs)
     out = os.fspath(out)
     os.makedirs(out, exist_ok=True)
     result = compare_sweep(curves, reference)

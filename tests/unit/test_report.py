@@ -153,3 +153,50 @@ def test_the_loop_and_correlation_figures(tmp_path):
                                    str(tmp_path / "correlation.png"))):
         assert os.path.getsize(path) > 0
     assert sorted(os.listdir(tmp_path)) == ["correlation.png", "curve.png"]
+
+
+def _named_sweep(tmp_path, name: str, arms: dict, loop: dict | None = None) -> str:
+    """``_sweep`` in its own folder, with a sweep.json holding ``loop`` if given."""
+    import json
+
+    folder = tmp_path / name
+    folder.mkdir()
+    path = _sweep(folder, arms)
+    if loop is not None:
+        (folder / "sweep" / "sweep.json").write_text(json.dumps({"loop": loop}))
+    return path
+
+
+LOOP = {"pool_uri": "/p/pool", "val_uri": "/p/val", "initial": 2000}
+
+
+def test_two_paired_sweeps_are_reported_together(tmp_path):
+    main = _named_sweep(tmp_path, "main", ARMS, LOOP)
+    frozen = _named_sweep(tmp_path, "frozen", {
+        "random freeze_batchnorm=True": [[0.40, 0.45, 0.47]] * 3,
+        "bald freeze_batchnorm=True": [[0.40, 0.50, 0.52]] * 3}, LOOP)
+    write_report([main, frozen], tmp_path / "report")
+    page = (tmp_path / "report" / "summary.md").read_text()
+    # the frozen arm has its own learner's baseline, and a row in the study's table
+    assert "| bald freeze_batchnorm=True | 3 | random freeze_batchnorm=True |" in page
+    study = page.split("## The study's table")[1].split("![")[0]
+    # one passive: random's plateau 0.49 (isotonic of 0.40, 0.50, 0.49 -> 0.495, pooled)
+    assert "passive: `random` smoothed" in study and "`random`'s smoothed plateau" in study
+    bald = next(line for line in study.splitlines() if line.startswith("| bald"))
+    # 95% of 0.495 = 0.47025: 2000 + 0.07025 / 0.10 * 500 = 2,351 in every seed
+    assert bald.startswith("| bald freeze_batchnorm=True | 3 | 2,351 [2,351, 2,351] (3/3) |")
+    assert os.path.exists(tmp_path / "report" / "curves-bald_freeze_batchnorm-True.png")
+
+
+def test_sweeps_that_share_a_variant_or_are_not_paired_are_refused(tmp_path):
+    from alray.errors import ConfigError
+
+    main = _named_sweep(tmp_path, "main", ARMS, LOOP)
+    again = _named_sweep(tmp_path, "again", {"random": ARMS["random"]}, LOOP)
+    with pytest.raises(ConfigError, match="'random' is in both .*main.*again"):
+        write_report([main, again], tmp_path / "report")
+    other = _named_sweep(tmp_path, "other", {"bald": ARMS["entropy"]},
+                         dict(LOOP, initial=100))
+    with pytest.raises(ConfigError, match="other.*initial is 100 but .*main.* has 2000"):
+        write_report([main, other], tmp_path / "report")
+    assert not os.path.exists(tmp_path / "report")
