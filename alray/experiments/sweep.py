@@ -1,13 +1,16 @@
 """Strategy x seed grids on Ray Tune: one loop (in simulation) per trial, resumable.
 
 Each trial is a function trainable that runs ``run_loop`` in its own run directory
-``SWEEP/runs/<trial>``, scoring and fine-tuning in its own process (the trial's CPUs), so
-trials run side by side. The design is paired: for a given seed every strategy starts
-from the same initial set and the same initial weights (both drawn from the seed alone).
-The pool is never loaded into a trial: scoring streams it batch by batch from the
-shared files (one copy in the node's page cache), and a trial holds only the labelled
-set. An interrupted sweep resumes with ``Tuner.restore``: finished trials are kept and
-unfinished ones pick up their run directory where it stopped.
+``SWEEP/runs/<trial>``, fine-tuning in its own process (the trial's CPUs), so trials run
+side by side. The design is paired: for a given seed every strategy starts from the same
+initial set and the same initial weights (both drawn from the seed alone). The pool is
+never loaded into a trial: by default every trial scores with one resident pool that
+the driver opened for all trials on that pool (``alray.experiments.shared_pool``: read
+once, each trial's own weights per call); with ``ComputeConfig.resident`` off (``alray
+sweep --streaming``) each trial scores in its own process, streaming the shared files
+batch by batch. A trial holds only the labelled set. An interrupted sweep resumes with
+``Tuner.restore``: finished trials are kept and unfinished ones pick up their run
+directory where it stopped.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import pyarrow.parquet as pq
 
 from alray.config import DEFAULT_STEPS, ComputeConfig, Config, LoopConfig, flatten, int_problems
 from alray.errors import StateError
+from alray.experiments.shared_pool import pool_key, shared_pools
 from alray.pool import io
 
 EXPERIMENT = "tune"
@@ -90,13 +94,14 @@ def grid_points(sweep: SweepConfig) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
-def run_trial(params: dict) -> None:
-    """The Tune trainable: run (or resume) one loop and report each step's metrics."""
+def run_trial(params: dict, resident: dict | None = None) -> None:
+    """The Tune trainable: run (or resume) one loop and report each step's metrics.
+    ``resident``: the driver's shared pools by ``pool_key`` (absent: stream)."""
     import torch
     from ray import tune
 
     from alray.loop.run import run_loop
-    from alray.loop.setup import apply_overrides, new_run, reopen_run
+    from alray.loop.setup import new_run, reopen_run
     from alray.loop.state import RunDir
 
     sweep = SweepConfig.from_dict(params["_sweep"])
@@ -105,33 +110,53 @@ def run_trial(params: dict) -> None:
     if RunDir.exists(run_dir):
         run = reopen_run(run_dir)
     else:
-        config = apply_overrides(sweep.loop, trial_overrides(sweep, params))
-        run = new_run(run_dir, config, sweep.steps)
+        run = new_run(run_dir, _trial_config(sweep, params), sweep.steps)
 
+    shared = (resident or {}).get(pool_key(run.config))
     reported = []
 
     def report(step, last, row):
         reported.append(step)
         tune.report({k: v for k, v in row.items() if isinstance(v, (int, float))})
-    outcome = run_loop(run, ComputeConfig(local=True), progress=report)
+    outcome = run_loop(run, ComputeConfig(local=True), progress=report, resident=shared)
     if not reported and outcome.metrics is not None:  # resumed a run that had finished
         last_row = outcome.metrics.to_pylist()[-1]
         tune.report({k: v for k, v in last_row.items() if isinstance(v, (int, float))})
 
 
-def run_sweep(sweep: SweepConfig, resume: bool = False,
-              verbose: int = 1) -> pa.Table:
+def run_sweep(sweep: SweepConfig, resume: bool = False, verbose: int = 1,
+              compute: ComputeConfig = ComputeConfig()) -> pa.Table:
     """Run the grid (or resume it); returns the curves table, also written to
-    ``SWEEP/curves.parquet``."""
-    from ray import tune
-
+    ``SWEEP/curves.parquet``. ``compute``: the shared resident pool's actors (or
+    ``resident=False``: every trial streams); trials always fine-tune in-process."""
     from alray.runtime import require_ray
 
     out = Path(sweep.out).resolve()
     _check_out(out, sweep, resume)
     require_ray()
-    trainable = tune.with_resources(run_trial, {"cpu": sweep.cpus_per_trial,
-                                                "gpu": sweep.gpus_per_trial})
+    loops = [_trial_config(sweep, params) for params in grid_points(sweep)]
+    with shared_pools(loops, compute, sweep.cpus_per_trial) as resident:
+        results = _fit(sweep, out, resume, verbose, resident)
+    errors = [str(r.error).splitlines()[0] for r in results if r.error is not None]
+    curves = collect_curves(sweep)
+    if errors:
+        raise StateError(f"{len(errors)} of {len(results)} trials failed; fix the cause and "
+                         f"rerun with --resume", [f"trial failed: {e}" for e in errors])
+    return curves
+
+
+def _trial_config(sweep: SweepConfig, params: dict):
+    from alray.loop.setup import apply_overrides
+
+    return apply_overrides(sweep.loop, trial_overrides(sweep, params))
+
+
+def _fit(sweep: SweepConfig, out: Path, resume: bool, verbose: int, resident: dict):
+    """Tune's results of the grid, the trials given the shared pools ``resident``."""
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, resident=resident),
+                                    {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial})
     path = str(out / EXPERIMENT)
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
@@ -147,13 +172,7 @@ def run_sweep(sweep: SweepConfig, resume: bool = False,
             run_config=tune.RunConfig(storage_path=str(out), name=EXPERIMENT,
                                       verbose=verbose,
                                       failure_config=tune.FailureConfig(max_failures=1)))
-    results = tuner.fit()
-    errors = [str(r.error).splitlines()[0] for r in results if r.error is not None]
-    curves = collect_curves(sweep)
-    if errors:
-        raise StateError(f"{len(errors)} of {len(results)} trials failed; fix the cause and "
-                         f"rerun with --resume", [f"trial failed: {e}" for e in errors])
-    return curves
+    return tuner.fit()
 
 
 def _check_out(out: Path, sweep: SweepConfig, resume: bool) -> None:

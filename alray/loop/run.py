@@ -41,8 +41,12 @@ class Outcome:
 
 
 def run_loop(run: RunDir, compute: ComputeConfig = ComputeConfig(),
-             progress: Progress | None = None, steps: int | None = None) -> Outcome:
-    """Run (or resume) ``run`` up to step ``steps`` (default: the run's budget)."""
+             progress: Progress | None = None, steps: int | None = None,
+             resident=None) -> Outcome:
+    """Run (or resume) ``run`` up to step ``steps`` (default: the run's budget).
+
+    ``resident``: a ``ResidentPool`` of the run's pool that someone else opened and
+    closes (a sweep's, shared by its trials); every step scores with it."""
     from alray.train.service import start_training
 
     run.require_writable()  # before any work: a read-only RunDir cannot commit
@@ -56,6 +60,8 @@ def run_loop(run: RunDir, compute: ComputeConfig = ComputeConfig(),
     session = None
     try:
         session = open_session(run, compute, service)
+        if resident is not None:
+            session.resident, session.owns_resident = resident, False
         run.set_budget(last)  # a resume without --steps goes on to the extended budget
         return session.advance(last, progress)
     finally:
@@ -89,9 +95,10 @@ class Session:
         self.weights, self.train_state = None, None
         self._pool_labelled = None  # assessors: the pool's own labelled ids, read once
         self.resident = None  # the scoring actors holding the pool (alray.scoring.resident)
+        self.owns_resident = True  # False: a shared pool, closed by whoever opened it
 
     def close(self) -> None:
-        if self.resident:
+        if self.resident and self.owns_resident:
             self.resident.close()
         self.resident = None
 
