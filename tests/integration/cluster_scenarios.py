@@ -29,6 +29,12 @@ NODE_CPUS = 2
 OBJECT_STORE = 150 * 2**20
 
 
+def _resident_score():
+    from alray.config import ScoreConfig
+
+    return ScoreConfig(strategies=("margin", "bald"), query_size=25, mc_samples=16)
+
+
 def start_cluster():
     from ray.cluster_utils import Cluster
 
@@ -104,6 +110,53 @@ def scoring(out: str, pool: str, checkpoint: str) -> None:
     finally:
         _write(out, seen)
         _shutdown(cluster)
+
+
+def resident(out: str, pool: str, checkpoint: str) -> None:
+    """Remove the node of a resident actor while a step is being scored; the step is
+    retried on the actor Ray restarts, which reads its own part again."""
+    from alray.config import ComputeConfig, PoolConfig
+    from alray.runtime import connect
+    from alray.scoring.resident import ResidentPool
+
+    cluster, workers = start_cluster()
+    compute = ComputeConfig(address=cluster.address, score_batch_size=16, score_actors=2,
+                            score_cpus_per_actor=0.5)
+    connect(cluster.address)
+    seen = {"killed": None}
+    try:
+        resident_pool = ResidentPool.open(pool, PoolConfig(), compute)
+        seen["before"] = resident_pool.load()
+        seen["step0"] = _ids(resident_pool.score(checkpoint, _resident_score(), step=0))
+        done = {}
+
+        def score_step_1() -> None:
+            try:
+                done["queries"] = resident_pool.score(checkpoint, _resident_score(), step=1)
+            except Exception as exc:  # reported, not lost in the thread
+                done["error"] = repr(exc)
+
+        step = threading.Thread(target=score_step_1)
+        step.start()
+        time.sleep(0.3)  # the actors are scoring: a step takes seconds at this batch size
+        seen["mid_step"] = step.is_alive()
+        # other Ray instances on the machine may run resident actors too: this cluster's
+        hosts = {node_of(pid, workers) for pid in pids_mentioning("ResidentPart")} - {None}
+        victim = sorted(hosts, key=lambda n: n.unique_id)[0]
+        seen["killed"] = victim.unique_id
+        kill_node(cluster, victim)
+        step.join()
+        seen["error"] = done.get("error")
+        seen["step1"] = _ids(done["queries"])
+        seen["scores1"] = {s: t.column("score").to_pylist() for s, t in done["queries"].items()}
+        seen["after"] = resident_pool.info()
+    finally:
+        _write(out, seen)
+        _shutdown(cluster)
+
+
+def _ids(queries) -> dict:
+    return {s: t.column("id").to_pylist() for s, t in queries.items()}
 
 
 def training(out: str, *loop_args: str) -> None:
@@ -189,4 +242,4 @@ def _shutdown(cluster) -> None:
 
 if __name__ == "__main__":
     scenario, out, *args = sys.argv[1:]
-    {"scoring": scoring, "training": training, "driver": driver}[scenario](out, *args)
+    {"scoring": scoring, "resident": resident, "training": training, "driver": driver}[scenario](out, *args)

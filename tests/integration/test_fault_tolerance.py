@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from alray.config import ComputeConfig, ScoreConfig
 from alray.scoring.pipeline import score_pool
 from tests.conftest import make_pool_table, write_pool
@@ -62,6 +64,29 @@ def test_scoring_survives_a_worker_node_killed_mid_way(tmp_path):
     for strategy, table in expected.items():
         assert seen["queries"][strategy] == table.column("id").to_pylist()
         assert seen["scores"][strategy] == table.column("score").to_pylist()
+
+
+def test_a_resident_actor_whose_node_dies_mid_step_reads_its_part_again(tmp_path):
+    pool = write_pool(tmp_path / "pool", [make_pool_table(5000, seed=50 + i,
+                                                          first_id=10_000 * i)
+                                          for i in range(4)])
+    ckpt = build_checkpoint(tmp_path / "model")
+    seen = run_scenario(tmp_path, "resident", pool, ckpt)
+    assert seen["killed"] and seen["mid_step"] and seen["error"] is None, seen
+    config = ScoreConfig(strategies=("margin", "bald"), query_size=25, mc_samples=16)
+    local = ComputeConfig(local=True, score_batch_size=16)
+    for step in (0, 1):
+        expected = score_pool(pool, ckpt, config, compute=local, step=step)
+        for strategy, table in expected.items():
+            assert seen[f"step{step}"][strategy] == table.column("id").to_pylist()
+    # ids exactly; scores to float32 rounding (the actors multiply on one thread each)
+    assert seen["scores1"]["bald"] == pytest.approx(
+        expected["bald"].column("score").to_pylist(), rel=1e-5)
+    before, after = seen["before"], seen["after"]
+    assert [a["rows"] for a in after] == [b["rows"] for b in before]
+    assert [a["loads"] for a in after] == [1, 1]  # a restarted actor read its part once
+    moved = [a["pid"] != b["pid"] for a, b in zip(after, before)]
+    assert moved.count(True) == 1, (before, after)  # only the dead node's actor
 
 
 def test_a_training_node_killed_during_fine_tuning_loses_nothing(pools, reference,
