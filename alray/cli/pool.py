@@ -10,7 +10,7 @@ import click
 from alray.cli.common import (
     EXIT_BAD_INPUT, Progress, friendly_errors, parse_knobs, pool_config, pool_options,
     show_columns_option)
-from alray.pool.synthetic import GeneratorConfig
+from alray.pool.synthetic import PRESETS, GeneratorConfig, preset_options
 from alray.errors import ConfigError
 
 
@@ -106,10 +106,16 @@ def _histogram(classes) -> str:
 
 @click.command()
 @click.argument("out")
-@click.option("--rows", type=int, default=GeneratorConfig.rows, show_default=True)
-@click.option("--val-rows", type=int, default=GeneratorConfig.val_rows, show_default=True)
-@click.option("--classes", type=int, default=GeneratorConfig.classes, show_default=True)
+@click.option("--rows", type=int, default=None,
+              help=f"Pool rows [default: {GeneratorConfig.rows:,}, or the preset's]")
+@click.option("--val-rows", type=int, default=None,
+              help=f"Validation rows [default: {GeneratorConfig.val_rows:,}, or the preset's]")
+@click.option("--classes", type=int, default=None,
+              help=f"Classes [default: {GeneratorConfig.classes}, or the preset's]")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+              help="Named generator settings (docs/reproduction.md); --rows, --val-rows, "
+                   "--classes and --set override them.")
 @click.option("--set", "knobs", multiple=True, metavar="KNOB=VALUE",
               help="Any other generator knob (see docs/formats.md), e.g. --set label_noise=0.2")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
@@ -117,9 +123,11 @@ def _histogram(classes) -> str:
               show_default=True, help="digits: scikit-learn's handwritten digits as a "
               "two-view pool (left and right image halves); the size options do not apply.")
 @friendly_errors
-def generate(out, rows, val_rows, classes, seed, knobs, overwrite, dataset):
+def generate(out, rows, val_rows, classes, seed, preset, knobs, overwrite, dataset):
     """Generate a study-like synthetic pool (or the digits pool) into OUT/pool and OUT/val."""
     from alray.pool import io
+    if preset and dataset != "synthetic":
+        raise ConfigError(f"--preset {preset} is a synthetic pool's; not with --dataset {dataset}")
     loc = io.locate(out)
     if loc.fs.get_file_info(loc.path).type != io.pafs.FileType.NotFound and not overwrite:
         raise ConfigError(f"{out} exists; pass --overwrite to replace it")
@@ -129,8 +137,9 @@ def generate(out, rows, val_rows, classes, seed, knobs, overwrite, dataset):
         click.echo(f"wrote {result['pool']} ({result['rows']:,} digits) and {result['val']} "
                    f"({result['val_rows']:,})")
         return
-    options = {"rows": rows, "val_rows": val_rows, "classes": classes, "seed": seed,
-               **parse_knobs(knobs)}
+    given = {"rows": rows, "val_rows": val_rows, "classes": classes}
+    options = {**(preset_options(preset) if preset else {}), "seed": seed,
+               **{k: v for k, v in given.items() if v is not None}, **parse_knobs(knobs)}
     run_generation(out, GeneratorConfig.from_dict(options))
 
 

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from alray import seeds
 from alray.config import Config, int_problems
+from alray.errors import ConfigError
 from alray.pool import io
 
 POOL_STREAM, VAL_STREAM = 0, 1
@@ -68,6 +69,24 @@ class GeneratorConfig(Config):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
         return problems
+
+
+# Named settings for ``alray generate --preset NAME``; any option given with a preset
+# overrides it. "study-like": the study's pool size and the knobs whose passive curve
+# was measured against the study's (docs/reproduction.md, "A study-like pool,
+# calibrated"). Presets never change the default pool.
+PRESETS: dict[str, dict] = {
+    "study-like": {"rows": 100_000, "val_rows": 10_000},
+}
+
+
+def preset_options(name: str) -> dict:
+    """The generator options of the preset ``name`` (a copy); ConfigError naming the
+    known presets for any other name."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown generator preset {name!r}; known: "
+                          f"{', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name])
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,46 @@ def test_missingness_can_depend_on_the_class():
 def test_bad_knobs_are_refused(bad):
     with pytest.raises(ConfigError):
         GeneratorConfig(**bad)
+
+
+def generate_cli(tmp_path, *args):
+    from click.testing import CliRunner
+
+    from alray.cli import main
+
+    out = tmp_path / "pool"
+    done = CliRunner().invoke(main, ["generate", str(out), "--rows", "600",
+                                     "--val-rows", "100", *args])
+    return done, out
+
+
+def test_a_preset_sets_its_knobs_and_options_override_it(tmp_path):
+    from alray.pool.synthetic import preset_options
+
+    knobs = preset_options("study-like")
+    assert knobs["rows"] == 100_000  # the study's pool size
+    done, out = generate_cli(tmp_path, "--preset", "study-like", "--set", "label_noise=0.25")
+    assert done.exit_code == 0, done.output
+    cfg = GeneratorConfig.from_yaml(out / "generator.yaml")
+    assert (cfg.rows, cfg.val_rows, cfg.label_noise) == (600, 100, 0.25)  # given wins
+    for name, value in knobs.items():
+        if name not in ("rows", "val_rows", "label_noise"):
+            assert getattr(cfg, name) == value, name
+
+
+def test_without_a_preset_the_pool_is_the_default_one(tmp_path):
+    done, out = generate_cli(tmp_path)
+    assert done.exit_code == 0, done.output
+    cfg = GeneratorConfig.from_yaml(out / "generator.yaml")
+    assert cfg == GeneratorConfig(rows=600, val_rows=100)
+
+
+def test_unknown_presets_and_digits_presets_are_refused(tmp_path):
+    from alray.pool.synthetic import preset_options
+
+    with pytest.raises(ConfigError, match="study-like"):
+        preset_options("nope")
+    done, out = generate_cli(tmp_path, "--preset", "nope")
+    assert done.exit_code != 0 and "study-like" in done.output and not out.exists()
+    done, out = generate_cli(tmp_path, "--preset", "study-like", "--dataset", "digits")
+    assert done.exit_code != 0 and "--dataset digits" in done.output and not out.exists()
