@@ -193,8 +193,8 @@ class TrainConfig(Config):
     batch_size: int = 512
     adaptive_batch: bool = True
     freeze_batchnorm: bool = False
-    # "learned": Kendall et al. log-variance weights; "equal": plain sum (ablation)
-    loss_weighting: str = "learned"
+    freeze_first_block: bool = False  # active phase: first blocks kept, outputs cached
+    loss_weighting: str = "learned"  # Kendall et al.'s weights; "equal": a plain sum
     class_weights: tuple[float, ...] | None = None
     learning_loss_lambda: float = 1.0
     learning_loss_margin: float = 1.0

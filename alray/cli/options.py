@@ -109,6 +109,10 @@ SCIENCE = (
     Option("freeze_batchnorm", "train.freeze_batchnorm",
            "--freeze-batchnorm/--no-freeze-batchnorm",
            "Keep batch-norm statistics frozen in the active phase."),
+    Option("freeze_first_block", "train.freeze_first_block",
+           "--freeze-first-block/--no-freeze-first-block",
+           "Keep each branch's first block (Linear and batch norm) as the passive fit "
+           "left it in the active phase; the resident pool then caches its outputs."),
     Option("loss_weighting", "train.loss_weighting", "--loss-weighting",
            "learned: Kendall et al.'s weights of the three heads; equal: a plain sum.",
            CHOICE(["learned", "equal"])),

@@ -111,10 +111,11 @@ def fine_tune(model: FusionNet | Trainer, data: PostArrays, train: TrainConfig,
               step_seed: int, progress: Progress | None = None) -> list[dict]:
     """Active-phase warm start: ``train.fine_tune_epochs`` epochs over the labelled set;
     with ``train.freeze_batchnorm`` every BatchNorm stays in eval mode (running
-    statistics untouched, affine still learned) while dropout stays on."""
+    statistics untouched, affine still learned) while dropout stays on; with
+    ``train.freeze_first_block`` each branch's first block is left as it is."""
     trainer = as_trainer(model, train)
     return run_epochs(trainer, data, train, train.fine_tune_epochs, step_seed,
-                  train.freeze_batchnorm, progress)
+                  train.freeze_batchnorm, progress, freeze_first=train.freeze_first_block)
 
 
 def as_trainer(model: FusionNet | Trainer, train: TrainConfig) -> Trainer:
@@ -150,10 +151,11 @@ def _check_labels(data: PostArrays, n_classes: int, purpose: str = "train") -> N
 
 def run_epochs(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: int,
            seed: int, freeze_bn: bool, progress: Progress | None,
-           parallel=None) -> list[dict]:
+           parallel=None, freeze_first: bool = False) -> list[dict]:
     """``parallel``: None (one process) or a data-parallel rank with ``shard(idx)``,
     ``average_gradients(params, rows, batch)`` and ``sum_metrics(sums, counts)``
-    (``alray.train.worker.DataParallel``)."""
+    (``alray.train.worker.DataParallel``). ``freeze_first``: each branch's first block
+    (Linear, BatchNorm affine and running statistics) is not changed."""
     model = trainer.model
     _check_labels(data, model.config.n_classes)
     features, present = as_tensors(data.features, data.present)  # CPU, zero-copy
@@ -166,6 +168,7 @@ def run_epochs(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: i
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(derive_seed(seed, "dropout"))
         set_train_mode(model, freeze_bn)
+        frozen = freeze_first_blocks(model) if freeze_first else []
         try:
             for epoch in range(epochs):
                 order = torch.randperm(len(data), generator=shuffle)
@@ -177,7 +180,27 @@ def run_epochs(trainer: Trainer, data: PostArrays, train: TrainConfig, epochs: i
                     progress(epoch + 1, epochs, record["loss"])
         finally:
             model.eval()
+            for param in frozen:
+                param.requires_grad_(True)
     return history
+
+
+def first_blocks(model: FusionNet) -> list[nn.Module]:
+    """Each branch's first block: what ``freeze_first_block`` keeps and scoring caches."""
+    return [model.branches[m][0] for m in model.modalities]
+
+
+def freeze_first_blocks(model: FusionNet) -> list[nn.Parameter]:
+    """Put the first blocks' BatchNorm in eval mode and stop their parameters' gradients
+    (a parameter without a gradient is skipped by Adam, weight decay included); returns
+    the parameters to give their gradients back to."""
+    params = []
+    for block in first_blocks(model):
+        block.bn.eval()
+        params += [p for p in block.parameters() if p.requires_grad]
+    for param in params:
+        param.requires_grad_(False)
+    return params
 
 
 def _epoch(trainer: Trainer, features, present, labels, order, sizes, train: TrainConfig,

@@ -76,7 +76,8 @@ def run_request(request: Mapping[str, Any], device: str | torch.device = "cpu",
     else:
         epochs, seed, freeze = train.fine_tune_epochs, request["step_seed"], train.freeze_batchnorm
     trainer = core.as_trainer(trainer, train)
-    history = core.run_epochs(trainer, data, train, epochs, seed, freeze, progress, parallel)
+    history = core.run_epochs(trainer, data, train, epochs, seed, freeze, progress, parallel,
+                              freeze_first=op == "fine_tune" and train.freeze_first_block)
     return {"weights": _to_cpu(trainer.model.state_dict()),
             "train_state": _to_cpu(trainer.state_dict()),
             "history": history, "seconds": time.perf_counter() - started,

@@ -1,0 +1,58 @@
+"""--freeze-first-block: fine-tuning leaves each branch's first block as it was, and the
+model (plain and MC dropout) entered at that block's cached outputs gives the full
+model's results."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from alray.config import TrainConfig
+from alray.train import Trainer, fine_tune, fit
+from alray.train.worker import new_request, run_request
+from tests.unit.model_helpers import SMALL, build
+from tests.unit.test_train_worker import make_data
+
+TRAIN = TrainConfig(epochs=2, batch_size=32, seed=3)
+FIRST = ("branches.image.0.", "branches.text.0.")  # the first blocks' state keys
+
+
+def split(state: dict) -> tuple[dict, dict]:
+    """(first blocks' tensors, every other tensor), cloned."""
+    first = {k: v.clone() for k, v in state.items() if k.startswith(FIRST)}
+    rest = {k: v.clone() for k, v in state.items() if not k.startswith(FIRST)}
+    return first, rest
+
+
+def test_fine_tune_leaves_the_first_blocks_bit_identical():
+    model = build()
+    trainer = Trainer.create(model, TRAIN)
+    fit(trainer, make_data(seed=1), TRAIN)  # the passive fit (step 0)
+    first, rest = split(model.state_dict())
+    assert any("running_mean" in k for k in first) and any("bn.weight" in k for k in first)
+    for step in (1, 2):  # two active steps, weight decay on
+        fine_tune(trainer, make_data(seed=step + 5), TRAIN.replace(freeze_first_block=True),
+                  step_seed=step)
+    after = model.state_dict()
+    assert all(torch.equal(first[k], after[k]) for k in first)
+    moved = [k for k in rest if not torch.equal(rest[k], after[k])]
+    assert "branches.image.1.linear.weight" in moved and "fused_head.weight" in moved
+    assert any("running_mean" in k for k in moved)  # later BatchNorms still update
+    assert all(p.requires_grad for p in model.parameters())  # given back after the call
+    fine_tune(trainer, make_data(seed=9), TRAIN, step_seed=3)  # the default: they move
+    assert not torch.equal(first["branches.image.0.linear.weight"],
+                           model.state_dict()["branches.image.0.linear.weight"])
+
+
+def test_worker_fine_tune_freezes_and_fit_does_not():
+    fitted = run_request(new_request("fit", SMALL, TRAIN, make_data(seed=1)))
+    train = TRAIN.replace(freeze_first_block=True)
+    reply = run_request(new_request("fine_tune", SMALL, train, make_data(seed=2),
+                                    fitted["weights"], fitted["train_state"], step_seed=1))
+    first, rest = split(fitted["weights"])
+    assert all(torch.equal(first[k], reply["weights"][k]) for k in first)
+    assert not torch.equal(rest["branches.image.1.linear.weight"],
+                           reply["weights"]["branches.image.1.linear.weight"])
+    # the passive fit itself trains the first blocks, option or not
+    again = run_request(new_request("fit", SMALL, train, make_data(seed=1)))
+    assert torch.equal(again["weights"]["branches.image.0.linear.weight"],
+                       fitted["weights"]["branches.image.0.linear.weight"])
