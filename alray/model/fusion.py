@@ -32,7 +32,10 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(p)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.relu(self.linear(x))
+        return self.after_relu(F.relu(self.linear(x)))
+
+    def after_relu(self, h: Tensor) -> Tensor:
+        """BatchNorm -> Dropout on the ReLU output ``h`` (what a cached block gives)."""
         if self.bn.training and h.shape[0] < 2:
             # batch statistics of one row are undefined: use the running statistics
             # for this batch (and leave them unchanged) instead of failing
@@ -70,6 +73,8 @@ class FusionNet(nn.Module):
 
     ``forward(features, present)``: ``features`` modality -> ``(n, dim)`` float32,
     ``present`` modality -> ``(n,)`` bool; every row needs at least one modality.
+    With ``cached=True`` ``features`` are each branch's first-block ReLU outputs
+    (``first_activations``) and the model runs the layers after them.
     """
 
     def __init__(self, config: ModelConfig):
@@ -112,10 +117,10 @@ class FusionNet(nn.Module):
         return named + [(f"{FUSED}.{j}", b) for j, b in enumerate(self.fused)]
 
     def forward(self, features: Mapping[str, Tensor], present: Mapping[str, Tensor],
-                return_hidden: bool = False) -> FusionOutput:
+                return_hidden: bool = False, cached: bool = False) -> FusionOutput:
         n = check_inputs(self.modalities, features, present)
         hidden: list[Tensor] | None = [] if return_hidden else None
-        outs = {m: self._branch(m, features[m], present[m], n, hidden)
+        outs = {m: self._branch(m, features[m], present[m], n, hidden, cached)
                 for m in self.modalities}
         h = torch.cat([outs[m] for m in self.modalities], dim=1)
         for block in self.fused:
@@ -127,20 +132,25 @@ class FusionNet(nn.Module):
             logits[m] = head(outs[m])
         return FusionOutput(logits, hidden)
 
+    def first_activations(self, m: str, x: Tensor) -> Tensor:
+        """Branch ``m``'s first ``Linear -> ReLU`` on ``x`` ``(n, dim)``: ``(n, width)``,
+        what ``forward(..., cached=True)`` and ``MCDropout`` take in its place."""
+        return F.relu(self.branches[m][0].linear(x))
+
     def _branch(self, m: str, x: Tensor, mask: Tensor, n: int,
-                hidden: list[Tensor] | None) -> Tensor:
+                hidden: list[Tensor] | None, cached: bool = False) -> Tensor:
         """Branch ``m`` on its present rows; absent rows get the missing vector.
         ``x``: ``(n, dim)``, ``mask``: ``(n,)`` -> ``(n, width)``."""
         missing = self.missing[m]
         everywhere = bool(mask.all())
         idx = None if everywhere else mask.nonzero().squeeze(1)
         h = x if everywhere else x.index_select(0, idx)
-        for block in self.branches[m]:
+        for j, block in enumerate(self.branches[m]):
             if h.shape[0] == 0:
                 # nothing present in this batch: the branch does not run (BN untouched)
                 h = missing.new_zeros((0, block.linear.out_features))
             else:
-                h = block(h)
+                h = block.after_relu(h) if cached and j == 0 else block(h)
             if hidden is not None:
                 hidden.append(h if everywhere else _scatter_rows(h, idx, n))
         if everywhere:
@@ -148,11 +158,11 @@ class FusionNet(nn.Module):
         return missing.unsqueeze(0).expand(n, -1).index_copy(0, idx, h)
 
     def predict_loss(self, features: Mapping[str, Tensor],
-                     present: Mapping[str, Tensor]) -> Tensor:
+                     present: Mapping[str, Tensor], cached: bool = False) -> Tensor:
         """The learning-loss module's predicted loss ``(n,)`` (needs ``learning_loss``)."""
         if self.loss_predictor is None:
             raise ValueError("this model has no loss predictor (ModelConfig.learning_loss)")
-        out = self.forward(features, present, return_hidden=True)
+        out = self.forward(features, present, return_hidden=True, cached=cached)
         return self.loss_predictor(out.hidden)
 
 

@@ -82,8 +82,9 @@ class MCDropout:
     a scoring actor builds them once. The model must not change while it is in use.
     """
 
-    def __init__(self, model: FusionNet, k: int, seed: int):
+    def __init__(self, model: FusionNet, k: int, seed: int, cached: bool = False):
         self.model, self.k, self.seed = model, k, seed
+        self.cached = cached  # inputs are the first blocks' outputs (first_activations)
         self.masks = dropout_masks(model, k, seed)
         self._plans: dict[str, dict] = {}
 
@@ -127,9 +128,13 @@ class MCDropout:
 
     def _run_chain(self, blocks, folded, x: Tensor) -> Tensor:
         """``x`` ``(rows, dim)`` -> last block's ReLU output ``(K, w, rows)`` or, for a
-        one-block chain, the shared ``(w, rows)``."""
-        first = blocks[0].linear
-        h = torch.addmm(first.bias.unsqueeze(1), first.weight, x.T).relu_()  # trunk, once
+        one-block chain, the shared ``(w, rows)``. With ``cached`` inputs ``x`` is the
+        first block's ReLU output already (``FusionNet.first_activations``)."""
+        if self.cached:
+            h = x.T
+        else:
+            first = blocks[0].linear
+            h = torch.addmm(first.bias.unsqueeze(1), first.weight, x.T).relu_()  # once
         for w_k, b_k in folded:
             h = _apply(w_k, b_k, h).relu_()
         return h

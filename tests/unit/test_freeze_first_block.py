@@ -56,3 +56,42 @@ def test_worker_fine_tune_freezes_and_fit_does_not():
     again = run_request(new_request("fit", SMALL, train, make_data(seed=1)))
     assert torch.equal(again["weights"]["branches.image.0.linear.weight"],
                        fitted["weights"]["branches.image.0.linear.weight"])
+
+
+def first_outputs(model, data) -> dict:
+    """Each branch's first-block ReLU output on every row (absent rows too)."""
+    with torch.inference_mode():
+        return {m: model.first_activations(m, torch.from_numpy(f)).numpy()
+                for m, f in data.features.items()}
+
+
+def test_model_entered_at_the_cached_first_blocks_matches_the_full_model():
+    from alray.model import as_tensors
+
+    model, data = build().eval(), make_data(n=70, seed=4)  # missing modalities included
+    feats, pres = as_tensors(data.features, data.present)
+    cached, _ = as_tensors(first_outputs(model, data), data.present)
+    assert cached["image"].shape == (70, 10) and cached["text"].shape == (70, 7)
+    with torch.inference_mode():
+        full = model(feats, pres, return_hidden=True)
+        short = model(cached, pres, return_hidden=True, cached=True)
+    for head in model.head_names:
+        torch.testing.assert_close(short.logits[head], full.logits[head], rtol=1e-5, atol=1e-5)
+    for a, b in zip(short.hidden, full.hidden):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_mc_dropout_entered_at_the_cached_first_blocks_matches_the_full_path():
+    from alray.model import MCDropout
+
+    model, data = build().eval(), make_data(n=90, seed=5)
+    cached = first_outputs(model, data)
+    want = ("mean_probs", "mean_entropy", "samples")
+    for head in model.head_names:  # the fused head (two chains) and one per modality
+        full = MCDropout(model, 8, seed=11).statistics(data.features, data.present, head, want,
+                                                       chunk_rows=32)
+        short = MCDropout(model, 8, seed=11, cached=True).statistics(
+            cached, data.present, head, want, chunk_rows=32)
+        for name in want:
+            torch.testing.assert_close(short[name], full[name], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(full["samples"][:, 0].numpy(), full["samples"][:, 1].numpy())
