@@ -231,7 +231,10 @@ class ScoreConfig(Config):
     sampling: str = "top"
     sampling_beta: float = 1.0
     class_balance: float = 0.0      # 0: off; else rounds over predicted classes
-    candidates: int = 0             # 0: the whole pool; else a seeded random subset per step
+    # 0: the whole pool; N: a seeded random subset per step; "knn:K": the labelled
+    # posts' K nearest neighbours in the ``neighbours`` graph (alray neighbours's file)
+    candidates: int | str = 0
+    neighbours: str = ""
     cluster_margin: float = 0.0     # Cluster-Margin: round robin over this x query_size best
     clusters: str = ""              # ... grouped by this clustering (alray cluster's file)
 
@@ -248,6 +251,16 @@ class ScoreConfig(Config):
             return 0
         return max(1, math.ceil(self.class_balance * self.query_size - 1e-9))
 
+    @property
+    def knn(self) -> int:  # K of candidates "knn:K"; 0 for a count of candidates
+        return _knn_of(self.candidates) or 0
+
+
+def _knn_of(value) -> int | None:
+    """K of a valid ``"knn:K"`` (K >= 1), else None."""
+    k = value[4:] if isinstance(value, str) and value.startswith("knn:") else ""
+    return int(k) if k.isdigit() and int(k) >= 1 else None
+
 
 def _sampling_problems(score: "ScoreConfig") -> list[str]:
     problems = []
@@ -257,10 +270,18 @@ def _sampling_problems(score: "ScoreConfig") -> list[str]:
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 1e6:
         problems.append(f"sampling_beta must be a number in (0, 1e6), got {beta!r}")
     n = score.candidates
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    if isinstance(n, str):
+        if _knn_of(n) is None:
+            problems.append(f"candidates must be an integer >= 0 (0 = the whole pool) or "
+                            f"knn:K with an integer K >= 1, got {n!r}")
+        elif not score.neighbours:
+            problems.append(f"candidates {n} needs neighbours: a file from alray neighbours")
+    elif isinstance(n, bool) or not isinstance(n, int) or n < 0:
         problems.append(f"candidates must be an integer >= 0 (0 = the whole pool), got {n!r}")
     elif 0 < n < score.query_size:
         problems.append(f"candidates {n} is smaller than the query size {score.query_size}")
+    if score.neighbours and _knn_of(n) is None:
+        problems.append("neighbours is only read with candidates knn:K")
     share = score.class_balance
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         problems.append(f"class_balance must be a share in [0, 1] (0 = off), got {share!r}")

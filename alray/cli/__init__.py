@@ -31,8 +31,8 @@ def main(verbose: bool) -> None:
 
 for command in (pool.validate, pool.generate, pool.pool_group, train.train, score.score,
                 loop.loop, loop.labels, experiments.sweep, experiments.report,
-                correlation.correlation, cluster.cluster, demo.demo, serve.serve,
-                serve.online):
+                correlation.correlation, cluster.cluster, cluster.neighbours, demo.demo,
+                serve.serve, serve.online):
     main.add_command(command)
 
 __all__ = ["main"]

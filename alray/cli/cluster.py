@@ -1,4 +1,5 @@
-"""``alray cluster``: cluster a pool once (Cluster-Margin's groups, ``--clusters``)."""
+"""``alray cluster``: cluster a pool once (Cluster-Margin's groups, ``--clusters``);
+``alray neighbours``: its nearest-neighbour graph once (``--candidates knn:K``)."""
 from __future__ import annotations
 
 import os
@@ -39,3 +40,43 @@ def cluster(pool, out, k, groups, dims, seed, id_column, label_column, embedding
     click.echo(f"wrote {summary['out']}: {summary['rows']:,} posts in {summary['groups']:,} "
                f"groups of {summary['k']:,} centroids (largest {summary['largest']:,}, "
                f"smallest {summary['smallest']:,})")
+
+
+@click.command()
+@click.argument("pool")
+@click.argument("out")
+@click.option("--k", type=int, required=True, help="Neighbours kept for every post.")
+@click.option("--index", type=click.Choice(["flat", "ivf"]), default="flat",
+              show_default=True, help="flat: exact; ivf: faiss IVF-Flat, approximate.")
+@click.option("--nlist", type=int, default=0, show_default=True,
+              help="IVF lists; 0 = about 4 x sqrt(rows).")
+@click.option("--nprobe", type=int, default=16, show_default=True,
+              help="IVF lists searched a query (more: slower, better recall).")
+@click.option("--train-size", type=int, default=0, show_default=True,
+              help="IVF: posts its k-means is trained on (a seeded sample); 0 = 40 a list.")
+@click.option("--dims", type=int, default=64, show_default=True,
+              help="Random-projection dimensions the posts are compared in.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@options(("local", "address", "actors", "num_cpus_per_actor"))
+@pool_options
+@friendly_errors
+def neighbours(pool, out, k, index, nlist, nprobe, train_size, dims, seed, id_column,
+               label_column, embedding_columns, **p):
+    """Write every post of POOL's K nearest neighbours to OUT (for --candidates knn:K)."""
+    from alray.scoring.neighbours import build_neighbours
+
+    compute = compute_config(p)
+    if not compute.local:
+        connect_ray(compute.address, os.path.dirname(os.path.abspath(out)))
+    bar = Progress(total=0, desc="neighbours", unit="row")
+    summary = build_neighbours(
+        pool, out, k, dims, seed, index, nlist, nprobe, train_size,
+        pool_config(id_column, label_column, embedding_columns), compute,
+        progress=lambda done, total: (setattr(bar.bar, "total", total), bar.to(done)))
+    bar.close()
+    lists = (f", {summary['nlist']:,} lists, nprobe {summary['nprobe']}"
+             if summary["nlist"] else "")
+    click.echo(f"wrote {summary['out']}: {summary['k']} neighbours of each of "
+               f"{summary['rows']:,} posts ({summary['index']}{lists}; read "
+               f"{summary['read_s']:.1f} s, index {summary['build_s']:.1f} s, search "
+               f"{summary['search_s']:.1f} s)")

@@ -53,6 +53,16 @@ class Option:
                             help=self.help + shown)
 
 
+class CandidatesType(click.ParamType):
+    """--candidates: a count (an int) or ``knn:K`` (a string ScoreConfig checks)."""
+
+    name = "N|knn:K"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        return int(text) if text.isdigit() else text
+
+
 def _shown(value) -> str:
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
@@ -127,7 +137,11 @@ SCIENCE = (
            "ceil(share x query size) posts before the best remaining fill it; 0 = off."),
     Option("candidates", "score.candidates", "--candidates",
            "Score only a seeded random subset of this many unlabelled posts (new each "
-           "step); 0 = the whole pool."),
+           "step); knn:K: only the K nearest neighbours of every labelled post (needs "
+           "--neighbours); 0 = the whole pool.", CandidatesType()),
+    Option("neighbours", "score.neighbours", "--neighbours",
+           "The pool's nearest-neighbour graph (a file from alray neighbours), for "
+           "--candidates knn:K.", str),
     Option("cluster_margin", "score.cluster_margin", "--cluster-margin",
            "Cluster-Margin: fill the query round-robin over the clusters of the best "
            "X x query-size candidates, smallest cluster first; 0 = off (needs --clusters)."),
@@ -166,7 +180,8 @@ COMPUTE = (
 STEPS = Option("steps", "steps", "--steps", "Steps after the passive one.")
 BY_NAME = {o.name: o for o in (*SCIENCE, *COMPUTE, STEPS)}
 SCORE_SCIENCE = ("strategy", "query_size", "seed", "mc_samples", "head", "sampling",
-                 "sampling_beta", "class_balance", "candidates", "cluster_margin", "clusters")
+                 "sampling_beta", "class_balance", "candidates", "neighbours", "cluster_margin",
+                 "clusters")
 TRAIN_SCIENCE = ("initial", "initial_strategy", "seed", "classes", "heads", "dropout", "learning_loss",
                  "epochs", "lr", "weight_decay", "batch_size", "adaptive_batch",
                  "loss_weighting")

@@ -33,7 +33,9 @@ REFERENCE = "margin"
 POOLED = "random (pooled)"
 SAMPLING_OPTIONS = frozenset({"sampling", "sampling_beta", "candidates"})
 # choices of which posts get labelled: an arm with one on is not passive learning
-ACTIVE_OPTIONS = frozenset({"class_balance", "cluster_margin", "initial_strategy"})
+# (neighbours: candidates knn:K, a random pick near the labelled posts, is not uniform)
+ACTIVE_OPTIONS = frozenset({"class_balance", "cluster_margin", "initial_strategy",
+                            "neighbours"})
 BASELINE, POOLED_IN = "baseline", "pooled into the baseline"  # roles of random arms
 
 

@@ -106,8 +106,9 @@ def new_config(pool_uri: str, val_uri: str, columns: PoolConfig = PoolConfig(),
 
     overrides = dict(overrides or {})
     n_classes = overrides.pop("model.n_classes", None)
-    if overrides.get("score.clusters"):  # the run may resume from another folder
-        overrides["score.clusters"] = io.absolute_uri(overrides["score.clusters"])
+    for key in ("score.clusters", "score.neighbours"):  # may resume from another folder
+        if overrides.get(key):
+            overrides[key] = io.absolute_uri(overrides[key])
     dims = infer_dims(pool_uri, columns)
     model = ModelConfig(modality_dims=dims, branch_widths=branch_widths_for(dims))
     config = LoopConfig(pool_uri=io.absolute_uri(pool_uri), val_uri=io.absolute_uri(val_uri),

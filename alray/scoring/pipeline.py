@@ -132,8 +132,9 @@ def _score_ray(plan: ScoringPlan, compute: ComputeConfig, progress: Progress | N
     require_ray()
     kwargs = plan.scorer_args()
     kwargs["model"] = ray.put(plan.model)
-    if len(plan.exclude) > PUT_THRESHOLD:
-        kwargs["exclude"] = ray.put(plan.exclude)
+    for name in ("exclude", "candidate_ids"):  # big id arrays through the object store
+        if kwargs[name] is not None and len(kwargs[name]) > PUT_THRESHOLD:
+            kwargs[name] = ray.put(kwargs[name])
     gpu = compute.score_gpus_per_actor > 0  # torch threads: the CPUs an actor was given
     kwargs.update(num_threads=1 if gpu else max(1, int(compute.cpus_per_actor)),
                   device="cuda" if gpu else "cpu")

@@ -33,7 +33,9 @@ class ScoringPlan:
     """One scoring run. ``step``: the loop step (fresh sampling noise and a fresh
     candidate subset each step). ``exclude``: sorted ids never returned.
     ``candidate_max``: score only rows whose candidate hash is at most this
-    (``score.candidates``; None = every unlabelled row). ``keep_all``: every row's score
+    (``score.candidates``; None = every unlabelled row). ``candidate_ids``: with
+    ``knn:K``, the sorted ids of this step's candidates, the labelled posts' nearest
+    neighbours (``alray.scoring.neighbours``); only they are scored. ``keep_all``: every row's score
     comes back (``--scores-out``), not the per-batch top-k. ``carry``: the query rows
     come back with their pool columns (the loop trains on them without a second read).
     The pool's ``columns.show_columns`` always come back with the query rows."""
@@ -53,6 +55,7 @@ class ScoringPlan:
     candidate_max: int | None
     keep_all: bool = False
     carry: bool = False
+    candidate_ids: np.ndarray | None = None
 
     def scorer_args(self) -> dict:
         """``BatchScorer``'s constructor arguments as plain data (the model and the
@@ -60,7 +63,8 @@ class ScoringPlan:
         return {"model": self.model, "score": self.score.to_dict(),
                 "columns": self.columns.to_dict(), "dims": dict(self.dims),
                 "step": self.step, "exclude": self.exclude, "keep_all": self.keep_all,
-                "carry": self.carry, "candidate_max": self.candidate_max}
+                "carry": self.carry, "candidate_max": self.candidate_max,
+                "candidate_ids": self.candidate_ids}
 
     @property
     def carries(self) -> bool:
@@ -86,7 +90,11 @@ def plan_scoring(pool_uri: str, model: str | Mapping, score: ScoreConfig,
     check_serves(config, score, source)
     state = model if isinstance(model, Mapping) else model_state(net)
     exclude = sorted_ids(exclude_ids) if exclude_ids is not None else np.zeros(0, np.int64)
-    census = _census(shards, columns, exclude, score, step)
+    near = None
+    if score.knn:  # SEALS: the labelled posts' neighbours, fresh as labels arrive
+        from alray.scoring.neighbours import knn_candidates
+        near = knn_candidates(score.neighbours, score.knn, exclude)
+    census = _census(shards, columns, exclude, score, step, near)
     _check_census(census, score, pool_uri, exclude)
     read = [columns.id_column, *columns.embedding_columns.values()]
     if census["has_labels"]:
@@ -97,16 +105,17 @@ def plan_scoring(pool_uri: str, model: str | Mapping, score: ScoreConfig,
         step=int(step), model=state, dims=dims, read_columns=tuple(read), exclude=exclude,
         total_rows=census["total"], excluded_rows=census["excluded"],
         id_type=census["id_type"] or pa.int64(), candidate_max=census["candidate_max"],
-        keep_all=keep_all, carry=carry)
+        keep_all=keep_all, carry=carry, candidate_ids=near)
 
 
 def _census(shards, columns: PoolConfig, exclude: np.ndarray, score: ScoreConfig,
-            step: int) -> dict:
+            step: int, near: np.ndarray | None = None) -> dict:
     """Rows, excluded rows present, labelled rows and the id type, from the id (and
-    label) columns; with ``score.candidates`` also this step's candidate threshold."""
-    total = excluded = labelled = 0
+    label) columns; with ``score.candidates`` also this step's candidate threshold, or
+    with ``near`` (knn candidates) how many of them are in the pool."""
+    total = excluded = labelled = present = 0
     id_type, has_labels = None, False
-    subset = _CandidateSubset(score, step) if score.candidates else None
+    subset = _CandidateSubset(score, step) if score.candidates and not score.knn else None
     for shard in shards:
         pf = io.open_parquet(shard)
         total += pf.metadata.num_rows
@@ -128,8 +137,10 @@ def _census(shards, columns: PoolConfig, exclude: np.ndarray, score: ScoreConfig
             labelled += len(table) - table.column(columns.label_column).null_count
         if subset is not None:
             subset.add(ids.to_numpy(zero_copy_only=False), exclude)
+        if near is not None:
+            present += int((~mask_excluded(ids.to_numpy(zero_copy_only=False), near)).sum())
     return {"total": total, "excluded": excluded, "labelled": labelled,
-            "id_type": id_type, "has_labels": has_labels,
+            "id_type": id_type, "has_labels": has_labels, "near": present,
             "candidate_max": subset.threshold() if subset is not None else None}
 
 
@@ -148,6 +159,12 @@ def _check_census(census: dict, score: ScoreConfig, pool_uri: str,
             f"{len(exclude) - census['excluded']:,} of the {len(exclude):,} excluded ids "
             f"are not in the pool {pool_uri}"), stacklevel=3)
     candidates = census["total"] - census["excluded"]
+    if score.knn and score.query_size > census["near"]:
+        # refused, not filled: a fill from elsewhere would no longer be the SEALS pool
+        raise PoolExhaustedError(
+            f"query size {score.query_size} is larger than the {census['near']} "
+            f"candidates of --candidates knn:{score.knn} (the nearest neighbours of "
+            f"{len(exclude):,} labelled posts in {score.neighbours}); raise K")
     if score.query_size > candidates:
         raise PoolExhaustedError(
             f"query size {score.query_size} is larger than the {candidates} unlabelled "

@@ -45,7 +45,8 @@ from alray.scoring.merge import QueryMerger
 from alray.scoring.parts import (Piece, ResidentFallback, ResidentMemoryError,
                                  check_compute, fit_problem, node_allowance, part_bytes,
                                  plan_parts)
-from alray.scoring.scorer import BatchScorer, with_shown
+from alray.scoring.scorer import BatchScorer, _resolved, with_shown
+from alray.scoring.topk import mask_excluded
 
 # the system allocator: glibc gives a decode's freed buffers back (malloc_trim); Arrow's
 # mimalloc kept ~60% of a part's size on top of it (a 20k-row pool's second part: 82 MiB
@@ -135,16 +136,28 @@ class ResidentPart:
         """This part's kept candidates for one step (``ScoringPlan.scorer_args()``,
         the model and exclusions possibly object-store references)."""
         self.load()
+        data, table, args = self._candidate_rows(args)
         scorer = BatchScorer(**args, num_threads=self.num_threads, device=self.device)
         shown = self.pool.show_columns
         merger = QueryMerger(scorer.score, scorer.carry or bool(shown))
-        for start in range(0, len(self.data), batch_size):
-            out = scorer.score_arrays(self.data.take(slice(start, start + batch_size)),
+        for start in range(0, len(data), batch_size):
+            out = scorer.score_arrays(data.take(slice(start, start + batch_size)),
                                       self.id_type)
             if shown:  # the shown columns (a URL, a title) of its rows, kept as Arrow
-                out = with_shown(out, self.shown.slice(start, batch_size), self.pool)
+                out = with_shown(out, table.slice(start, batch_size), self.pool)
             merger.absorb(out)
         return merger.candidates(self.id_type or pa.int64())
+
+    def _candidate_rows(self, args: Mapping) -> tuple:
+        """``(rows, shown columns, args)`` to score this step: with knn candidates only
+        their rows, picked by id before any batch reaches the model (what makes a knn
+        step cheap), and the resolved ids passed on; else the whole part."""
+        wanted = _resolved(args.get("candidate_ids"))
+        if wanted is None:
+            return self.data, self.shown, args
+        rows = np.flatnonzero(~mask_excluded(self.data.ids, wanted))
+        shown = self.shown.take(pa.array(rows)) if self.shown is not None else None
+        return self.data.take(rows), shown, {**args, "candidate_ids": wanted}
 
     def forward_seconds(self, args: Mapping, batch_size: int) -> float:
         return forward_seconds(self, args, batch_size)
@@ -293,8 +306,9 @@ class ResidentPool:
                               "resident pool read them; open a new one")
         args = plan.scorer_args()
         args["model"] = ray.put(plan.model)  # once, for every actor
-        if len(plan.exclude) > PUT_THRESHOLD:
-            args["exclude"] = ray.put(plan.exclude)
+        for name in ("exclude", "candidate_ids"):  # big id arrays: once, for every actor
+            if args[name] is not None and len(args[name]) > PUT_THRESHOLD:
+                args[name] = ray.put(args[name])
         merger = QueryMerger(plan.score, plan.carries)
         try:
             for table in ray.get([a.score.remote(args, self.compute.score_batch_size)

@@ -38,7 +38,8 @@ class BatchScorer:
 
     Arguments are ``ScoringPlan.scorer_args()``: model (a ``model_state``, or a Ray
     ObjectRef to one), score and columns (``to_dict`` forms), dims, step, exclude (a
-    sorted id array or a reference to one), keep_all, carry, candidate_max; plus
+    sorted id array or a reference to one), keep_all, carry, candidate_max,
+    candidate_ids (sorted ids, or a reference to them: only these rows are scored); plus
     num_threads (torch threads: the CPUs the actor was given), device ("cpu"/"cuda")
     and counter (a ``RowCounter`` actor told the rows of every batch).
     """
@@ -46,7 +47,7 @@ class BatchScorer:
     def __init__(self, model, score: Mapping, columns: Mapping, dims: Mapping,
                  step: int = 0, exclude=None, keep_all: bool = False, carry: bool = False,
                  candidate_max: int | None = None, num_threads: int | None = None,
-                 device: str = "cpu", counter=None):
+                 device: str = "cpu", counter=None, candidate_ids=None):
         import torch
 
         if num_threads:
@@ -59,6 +60,7 @@ class BatchScorer:
         self.exclude = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude)
         self.keep_all, self.carry, self.counter = keep_all, carry, counter
         self.candidate_max = None if candidate_max is None else np.uint64(candidate_max)
+        self.candidate_ids = _resolved(candidate_ids)
         # with every score kept, rank sampling happens on the driver (merge_scores)
         check_sampling(self.score.strategies, self.score.sampling, streaming=not keep_all)
         self.model = BatchModel.from_state(_resolved(model), self.score, self.dims, device,
@@ -86,6 +88,8 @@ class BatchScorer:
         keep = mask_excluded(data.ids, self.exclude)
         if self.candidate_max is not None:  # --candidates: this step's random subset
             keep &= candidate_hashes(data.ids, self.score.seed, self.step) <= self.candidate_max
+        if self.candidate_ids is not None:  # knn:K: the labelled posts' neighbours only
+            keep &= ~mask_excluded(data.ids, self.candidate_ids)
         if not keep.all():
             data = data.take(keep)
         if len(data) == 0:
