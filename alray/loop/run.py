@@ -172,7 +172,11 @@ class Session:
             self.resident = open_resident(cfg.pool_uri, cfg.columns, self.compute) or False
         # a fresh step gives every post fresh sampling noise (stochastic acquisition)
         if self.resident:  # the same query, the pool read once per session
-            queries = self.resident.score(model, cfg.score, self._excluded(), step, carry=True)
+            # a run that keeps its first blocks has its own actors cache their outputs (a
+            # shared sweep pool serves trials whose first blocks differ: raw rows there)
+            cache = cfg.train.freeze_first_block and self.owns_resident
+            queries = self.resident.score(model, cfg.score, self._excluded(), step,
+                                          carry=True, first_block=cache)
         else:
             queries = score_pool(cfg.pool_uri, model, cfg.score, cfg.columns,
                                  exclude_ids=self._excluded(), compute=self.compute,

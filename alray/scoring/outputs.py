@@ -78,6 +78,14 @@ class BatchModel:
         self.modality_heads = tuple(h for h in model.head_names if h in self.dims)
         self.mc = (MCDropout(model, score.mc_samples, mask_seed(score.seed, step))
                    if "mc" in self.needs else None)
+        self.cached = False  # features are the first blocks' outputs (use_cached)
+
+    def use_cached(self, cached: bool = True) -> None:
+        """Take each branch's first-block ReLU outputs as features from now on
+        (``alray.scoring.first_block``): the plain pass and MC dropout start after them."""
+        self.cached = cached
+        if self.mc is not None:
+            self.mc.cached = cached
 
     @classmethod
     def from_state(cls, state: Mapping, score: ScoreConfig, dims: Mapping[str, int],
@@ -107,7 +115,7 @@ class BatchModel:
         head = self.score.head
         with torch.inference_mode():
             feats, pres = as_tensors(data.features, data.present, self.device)
-            out = self.model(feats, pres)
+            out = self.model(feats, pres, cached=self.cached)
             probs = torch.softmax(out.logits[head].float(), dim=1).cpu().numpy()
             inputs: dict[str, object] = {"probs": probs.astype(np.float64)}
             if self.mc is not None:
@@ -116,8 +124,8 @@ class BatchModel:
                 inputs["mc_mean_entropy"] = (stats["mean_entropy"].cpu().numpy()
                                              .astype(np.float64))
             if "loss_pred" in self.needs:
-                inputs["loss_pred"] = (self.model.predict_loss(feats, pres).cpu().numpy()
-                                       .astype(np.float64))
+                inputs["loss_pred"] = (self.model.predict_loss(feats, pres, self.cached)
+                                       .cpu().numpy().astype(np.float64))
             if "heads" in self.needs:
                 inputs.update(self._head_inputs(out.logits, data.present))
         if "labels" in self.needs:

@@ -41,6 +41,7 @@ from alray.pool import io
 from alray.pool.arrays import PostArrays, arrays_from_table
 from alray.pool.normalize import id_type_of
 from alray.pool.schema import infer_dims
+from alray.scoring.first_block import first_block_key, first_block_rows, spill, with_carried
 from alray.scoring.merge import QueryMerger
 from alray.scoring.parts import (Piece, ResidentFallback, ResidentMemoryError,
                                  check_compute, fit_problem, node_allowance, part_bytes,
@@ -68,6 +69,9 @@ class ResidentPart:
         self.shown: pa.Table | None = None  # the id and shown columns, row for row
         self.id_type: pa.DataType | None = None
         self.loads = 0  # how many times this process read its part (1, or 0 before)
+        # with a cached first block: its weights' key, and the raw rows (memory-mapped)
+        self.first_block: str | None = None
+        self.raw: PostArrays | None = None
 
     def load(self) -> dict:
         """Read and decode the part once; later calls return at once."""
@@ -84,7 +88,7 @@ class ResidentPart:
                 p.nbytes for p in self.data.present.values())
         return {"rows": 0 if self.data is None else len(self.data), "bytes": held,
                 "rss": _rss(), "loads": self.loads,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "first_block": self.first_block}
 
     def _read(self) -> None:
         rows = sum(p.stop - p.start for p in self.pieces)
@@ -118,6 +122,7 @@ class ResidentPart:
         self.shown = (pa.concat_tables(shown, promote_options="permissive").combine_chunks()
                       if shown else None)
         self.loads += 1
+        self.first_block, self.raw = None, None
         _give_back_memory()
 
     def _check_device_memory(self, rows: int) -> None:
@@ -136,8 +141,10 @@ class ResidentPart:
         """This part's kept candidates for one step (``ScoringPlan.scorer_args()``,
         the model and exclusions possibly object-store references)."""
         self.load()
+        args, carry = self._first_blocks(args)
         data, table, args = self._candidate_rows(args)
         scorer = BatchScorer(**args, num_threads=self.num_threads, device=self.device)
+        scorer.model.use_cached(self.first_block is not None)
         shown = self.pool.show_columns
         merger = QueryMerger(scorer.score, scorer.carry or bool(shown))
         for start in range(0, len(data), batch_size):
@@ -146,7 +153,34 @@ class ResidentPart:
             if shown:  # the shown columns (a URL, a title) of its rows, kept as Arrow
                 out = with_shown(out, table.slice(start, batch_size), self.pool)
             merger.absorb(out)
-        return merger.candidates(self.id_type or pa.int64())
+        kept = merger.candidates(self.id_type or pa.int64())
+        # the carried embeddings are the raw ones (the loop trains on them), not the cache
+        return with_carried(kept, self.raw, self.raw_order, self.pool) if carry else kept
+
+    def _first_blocks(self, args: Mapping) -> tuple[dict, bool]:
+        """``(args for BatchScorer, carry the raw rows after the merge)``. With
+        ``first_block_cache`` the part holds its rows' first-block outputs for this
+        model's first blocks (computed once per key, the raw rows spilled to a mapped
+        file); without, the raw rows (read again if a cache replaced them)."""
+        args = dict(args)
+        if not args.pop("first_block_cache", False):
+            if self.first_block is not None:
+                self._read()
+            return args, False
+        args["model"] = state = _resolved(args["model"])
+        key = first_block_key(state)
+        if key != self.first_block:
+            if self.first_block is not None:  # other first blocks: from the raw rows
+                self._read()
+            raw = self.data
+            self.data = first_block_rows(raw, state, self.dtype, self.device)
+            self.raw = PostArrays(raw.ids, spill(raw.features), raw.present, raw.labels)
+            self.raw_order = np.argsort(raw.ids, kind="stable")
+            self.first_block = key
+            del raw
+            _give_back_memory()
+        carry = bool(args.get("carry"))
+        return {**args, "carry": False}, carry
 
     def _candidate_rows(self, args: Mapping) -> tuple:
         """``(rows, shown columns, args)`` to score this step: with knn candidates only
@@ -182,7 +216,9 @@ def forward_seconds(part: "ResidentPart", args: Mapping, batch_size: int) -> flo
     import time
 
     part.load()
+    args, _ = part._first_blocks(args)
     scorer = BatchScorer(**args, num_threads=part.num_threads, device=part.device)
+    scorer.model.use_cached(part.first_block is not None)
     started = time.perf_counter()
     for start in range(0, len(part.data), batch_size):
         scorer.model.outputs(part.data.take(slice(start, start + batch_size)))
@@ -273,7 +309,8 @@ class ResidentPool:
 
         return ray.get([a.load.remote() for a in self.actors])
 
-    def forward_seconds(self, model: Mapping, score: ScoreConfig) -> float:
+    def forward_seconds(self, model: Mapping, score: ScoreConfig,
+                        first_block: bool = False) -> float:
         """For benchmarks: the slowest actor's seconds of forward passes alone
         (``forward_seconds``), every actor at once, as in a step."""
         import ray
@@ -282,6 +319,7 @@ class ResidentPool:
 
         args = plan_scoring(self.pool_uri, model, score, self.columns).scorer_args()
         args["model"] = ray.put(args["model"])
+        args["first_block_cache"] = first_block
         return max(ray.get([a.forward_seconds.remote(args, self.compute.score_batch_size)
                             for a in self.actors]))
 
@@ -292,8 +330,11 @@ class ResidentPool:
         return ray.get([a.info.remote() for a in self.actors])
 
     def score(self, model: str | Mapping, score: ScoreConfig, exclude_ids=None,
-              step: int = 0, carry: bool = False) -> dict[str, pa.Table]:
-        """strategy -> query table, as ``score_pool`` on this pool returns it."""
+              step: int = 0, carry: bool = False, first_block: bool = False
+              ) -> dict[str, pa.Table]:
+        """strategy -> query table, as ``score_pool`` on this pool returns it.
+        ``first_block``: the actors cache the model's first blocks' outputs
+        (``alray.scoring.first_block``; for runs that keep them, one cache at a time)."""
         import ray
 
         from alray.scoring.pipeline import PUT_THRESHOLD, ray_error
@@ -306,6 +347,7 @@ class ResidentPool:
                               "resident pool read them; open a new one")
         args = plan.scorer_args()
         args["model"] = ray.put(plan.model)  # once, for every actor
+        args["first_block_cache"] = first_block
         for name in ("exclude", "candidate_ids"):  # big id arrays: once, for every actor
             if args[name] is not None and len(args[name]) > PUT_THRESHOLD:
                 args[name] = ray.put(args[name])

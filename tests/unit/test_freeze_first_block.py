@@ -95,3 +95,69 @@ def test_mc_dropout_entered_at_the_cached_first_blocks_matches_the_full_path():
         for name in want:
             torch.testing.assert_close(short[name], full[name], rtol=1e-5, atol=1e-6)
     assert not np.allclose(full["samples"][:, 0].numpy(), full["samples"][:, 1].numpy())
+
+
+# --- the resident part with a cached first block (actors called in this process) -------
+
+def small_state(seed: int):
+    """A model of the test pool's dims whose first blocks narrow the rows (8 -> 5, 4 -> 3)
+    and whose image branch has a second block (a folded chain after the cache)."""
+    from alray.config import ModelConfig
+    from alray.model import model_state
+    from tests.unit.test_scorer import DIMS
+
+    cfg = ModelConfig(modality_dims=dict(DIMS), branch_widths={"image": (5, 4), "text": (3,)},
+                      fused_widths=(6,), n_classes=5)
+    return model_state(build(cfg, seed).eval())
+
+
+def part_query(pool, state, score, exclude, step, cached, parts=None, batch_size=17):
+    """ResidentPool.score's work with the parts called here; ``parts`` reused if given."""
+    from alray.config import PoolConfig
+    from alray.pool import io
+    from alray.scoring.merge import QueryMerger
+    from alray.scoring.plan import plan_scoring
+    from alray.scoring.resident import ResidentPart, plan_parts
+    from tests.unit.test_scorer import DIMS
+
+    plan = plan_scoring(pool, state, score, PoolConfig(), exclude, step, carry=True)
+    if parts is None:
+        parts = [ResidentPart(p, PoolConfig().to_dict(), DIMS)
+                 for p in plan_parts(io.pool_shards(pool), 2)]
+    merger = QueryMerger(plan.score, plan.carry)
+    for part in parts:
+        merger.absorb(part.score({**plan.scorer_args(), "first_block_cache": cached},
+                                 batch_size))
+    return merger.queries(plan.id_type), parts
+
+
+def test_resident_query_with_the_cached_first_block_equals_the_raw_one(tmp_path):
+    from alray.config import ScoreConfig
+    from tests.conftest import make_pool_table, write_pool
+    from tests.unit.test_resident import assert_same
+
+    pool = write_pool(tmp_path / "pool", [make_pool_table(n, seed=i, first_id=1000 * i)
+                                          for i, n in enumerate((70, 45, 90))])
+    score = ScoreConfig(strategies=("margin", "bald", "random"), query_size=12,
+                        mc_samples=20, seed=3)
+    state, exclude = small_state(1), [7, 8, 1010, 2020]
+    raw, _ = part_query(pool, state, score, exclude, 1, cached=False)
+    cached, parts = part_query(pool, state, score, exclude, 1, cached=True)
+    assert_same(raw, cached)  # ids in order, scores to float rounding, raw carried rows
+    infos = [p.info() for p in parts]
+    rows = [i["rows"] for i in infos]
+    assert sum(rows) == 205 and all(i["first_block"] for i in infos)
+    # features held: rows x (5 + 3) float32 in place of rows x (8 + 4)
+    other = [i["bytes"] - r * 8 * 4 for i, r in zip(infos, rows)]
+    again, _ = part_query(pool, state, score, exclude, 1, cached=False, parts=parts)
+    assert_same(raw, again)  # the part read its raw rows again
+    assert [p.info()["bytes"] - r * 12 * 4 for p, r in zip(parts, rows)] == other
+    assert [p.info()["loads"] for p in parts] == [2, 2]
+    # other first blocks: a new cache, never the old one's outputs
+    state2 = small_state(2)
+    want, _ = part_query(pool, state2, score, exclude, 2, cached=False)
+    part_query(pool, state, score, exclude, 2, cached=True, parts=parts)
+    key = parts[0].info()["first_block"]
+    got, _ = part_query(pool, state2, score, exclude, 2, cached=True, parts=parts)
+    assert_same(want, got)
+    assert parts[0].info()["first_block"] != key
