@@ -280,8 +280,6 @@ def _sampling_problems(score: "ScoreConfig") -> list[str]:
         problems.append(f"candidates must be an integer >= 0 (0 = the whole pool), got {n!r}")
     elif 0 < n < score.query_size:
         problems.append(f"candidates {n} is smaller than the query size {score.query_size}")
-    if score.neighbours and _knn_of(n) is None:
-        problems.append("neighbours is only read with candidates knn:K")
     share = score.class_balance
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
         problems.append(f"class_balance must be a share in [0, 1] (0 = off), got {share!r}")

@@ -5,9 +5,10 @@ censoring, and paired tests. Tables in, tables out (pandas); no files, no figure
 **One baseline.** Every variant is compared with the plain random arm of its seed:
 random sampling with the same learner (training and model options). Random arms that
 differ only in how a random query is drawn (``sampling``, ``sampling_beta``,
-``candidates``: a random pick among random scores, or among a random subset, is still a
-uniform random pick) are pooled: per seed, their curves are averaged step by step into
-one baseline. A random arm with class balance is not passive learning (its query
+``candidates`` N, ``neighbours``: a random pick among random scores, or among a random
+subset, is still a uniform random pick; not with ``candidates=knn:K``, a pick among the
+labelled posts' neighbours) are pooled: per seed, their curves are averaged step by step
+into one baseline. A random arm with class balance is not passive learning (its query
 depends on the model's predictions) and is never a baseline; it is a variant like any
 other. A variant with no such arm gets no saving and no test (never a silent fallback).
 
@@ -31,11 +32,9 @@ SHARES = (0.95, 0.98, 0.99, 1.0)
 RANDOM = "random"
 REFERENCE = "margin"
 POOLED = "random (pooled)"
-SAMPLING_OPTIONS = frozenset({"sampling", "sampling_beta", "candidates"})
+SAMPLING_OPTIONS = frozenset({"sampling", "sampling_beta", "candidates", "neighbours"})
 # choices of which posts get labelled: an arm with one on is not passive learning
-# (neighbours: candidates knn:K, a random pick near the labelled posts, is not uniform)
-ACTIVE_OPTIONS = frozenset({"class_balance", "cluster_margin", "initial_strategy",
-                            "neighbours"})
+ACTIVE_OPTIONS = frozenset({"class_balance", "cluster_margin", "initial_strategy"})
 BASELINE, POOLED_IN = "baseline", "pooled into the baseline"  # roles of random arms
 
 
@@ -60,7 +59,10 @@ def _is_off(value: str) -> bool:
 def is_plain_random(variant: str) -> bool:
     """Random sampling: the random strategy without an option that makes it active."""
     strategy, options = parse_variant(variant)
-    return strategy == RANDOM and all(_is_off(options[k]) for k in ACTIVE_OPTIONS & set(options))
+    # candidates knn:K: a pick among the labelled posts' neighbours is not a uniform one
+    near = options.get("candidates", "").startswith("knn:")
+    return strategy == RANDOM and not near and all(
+        _is_off(options[k]) for k in ACTIVE_OPTIONS & set(options))
 
 
 def learner_options(variant: str) -> tuple[tuple[str, str], ...]:

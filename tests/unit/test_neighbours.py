@@ -127,7 +127,6 @@ def test_the_cli_writes_the_graph_and_names_a_missing_pool(pool3, tmp_path, grap
     ({"candidates": "knn:0", "neighbours": "g"}, "or knn:K with an integer K >= 1"),
     ({"candidates": "knn:x", "neighbours": "g"}, "got 'knn:x'"),
     ({"candidates": "knn:5"}, "candidates knn:5 needs neighbours"),
-    ({"candidates": 100, "neighbours": "g"}, "neighbours is only read with candidates knn:K"),
     ({"candidates": "100"}, "got '100'"),
 ])
 def test_knn_candidates_config_errors(options, message):
@@ -135,9 +134,22 @@ def test_knn_candidates_config_errors(options, message):
         ScoreConfig(**options)
 
 
+def test_a_random_pick_among_neighbours_is_a_variant_not_the_baseline():
+    from alray.experiments.compare import baseline_plan, is_plain_random, reference_of
+
+    arms = ["random candidates=0", "random candidates=knn:10", "margin candidates=0",
+            "margin candidates=knn:10"]
+    assert is_plain_random("random candidates=0")
+    assert not is_plain_random("random candidates=knn:10")
+    _, baseline_of = baseline_plan(arms)
+    assert set(baseline_of.values()) == {"random candidates=0"}
+    assert reference_of("margin candidates=knn:10", arms) == "margin candidates=0"
+
+
 def test_knn_options_parse():
     score = ScoreConfig(candidates="knn:12", neighbours="g.parquet")
     assert score.knn == 12 and ScoreConfig(candidates=300).knn == 0
+    assert ScoreConfig(candidates=0, neighbours="g").knn == 0  # a sweep's grid: unread
     assert ScoreConfig.from_dict(score.to_dict()) == score
     parse = CandidatesType().convert
     assert parse("300", None, None) == 300 and parse("knn:5", None, None) == "knn:5"
