@@ -13,14 +13,21 @@ import os
 
 import numpy as np
 
-from passive_curve import STUDY, write_atomic
+from passive_curve import STUDY, reach_points, write_atomic
 
 SHARES = ("0.95", "0.98", "0.99", "1")
 
 
-def load(directory: str) -> dict:
-    with open(os.path.join(directory, "curve.json")) as f:
-        return json.load(f)
+def load(spec: str) -> dict:
+    """One curve from ``DIR`` or ``DIR+DIR+...`` (runs of the same pool that measured
+    different sizes, e.g. in parallel): points merged by size, reach recomputed."""
+    points = {}
+    for directory in spec.split("+"):
+        with open(os.path.join(directory, "curve.json")) as f:
+            points.update({p["labels"]: p for p in json.load(f)["points"]})
+    rows = [points[n] for n in sorted(points)]
+    return {"points": rows, **reach_points([p["labels"] for p in rows],
+                                           [p["fused_accuracy"] for p in rows])}
 
 
 def at(curve: dict, labels: int) -> float:
@@ -78,7 +85,8 @@ def figure(curves: list[dict], names: list[str], out: str) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("curves", nargs="+", help="Directories holding curve.json.")
+    p.add_argument("curves", nargs="+",
+                   help="Directories holding curve.json; DIR+DIR merges runs of one pool.")
     p.add_argument("--names", default=None, help="Comma-separated, one per curve.")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
