@@ -45,8 +45,8 @@ SWEEP_COMPUTE = ("actors", "num_cpus_per_actor", "score_batch_size", "resident",
 @click.option("--actors", type=int, default=None,
               help="Actors of the resident pool the trials share [default: 1].")
 @click.option("--num-cpus-per-actor", type=float, default=None,
-              help="CPUs each of them reserves [default: 0.01: a trial waits while they "
-                   "score its step, its own CPUs do that work].")
+              help="CPUs each of them reserves [default: 0.01, out of the trials' own: "
+                   "a trial waits while they score its step].")
 @click.option("--resident/--streaming", "resident", default=None,
               help="--streaming: each trial reads the pool itself every step, in its own "
                    "process, instead of the shared resident pool [default: resident].")

@@ -12,9 +12,12 @@ closes the actors when the sweep ends, failed or interrupted too.
 CPUs: a trial waits while the actors score its step, so the CPUs its trial reserved are
 idle then, and an actor works for one waiting trial at a time. The actors therefore
 reserve only a token share of a CPU (``SHARED_ACTOR_CPUS``, one torch thread each)
-unless ``score_cpus_per_actor`` is given, and Tune's trials keep the cluster's CPUs: a
-2-CPU machine still runs two 1-CPU trials side by side. A given share must leave room
-for one trial, else the sweep is refused before Tune starts (it would wait forever).
+unless ``score_cpus_per_actor`` is given, and that share comes out of each trial's
+reservation (``trial_cpus``): as many trials run side by side as without a resident
+pool (a 2-CPU machine: two 1-CPU trials, each reserving 0.98 CPU beside 2 actors of
+0.01; with the trials' full CPU Ray could place only one of them). CPUs given with
+``score_cpus_per_actor`` are the actors' own; they must leave room for one trial, else
+the sweep is refused before Tune starts (it would wait for ever).
 """
 from __future__ import annotations
 
@@ -54,6 +57,16 @@ def check_fits(compute: ComputeConfig, pools: int, cpus_per_trial: float,
             f"{cluster_cpus:g} CPUs: lower them, or score with --streaming")
 
 
+def trial_cpus(opened: dict, compute: ComputeConfig, cpus_per_trial: float) -> float:
+    """A trial's reservation beside the pools ``opened``: less the actors' token CPUs
+    (their work is the waiting trials'), unless ``compute`` gave the actors CPUs."""
+    if compute.score_cpus_per_actor is not None or not opened:
+        return cpus_per_trial
+    lent = sum(len(h.actors) * h.compute.cpus_per_actor for h in opened.values())
+    # k trials of (c - lent) beside lent fit wherever k trials of c did
+    return cpus_per_trial - lent if lent < cpus_per_trial / 2 else cpus_per_trial
+
+
 @contextmanager
 def shared_pools(loops: list[LoopConfig], compute: ComputeConfig,
                  cpus_per_trial: float) -> Iterator[dict]:
@@ -84,4 +97,5 @@ def shared_pools(loops: list[LoopConfig], compute: ComputeConfig,
             handle.close()
 
 
-__all__ = ["SHARED_ACTOR_CPUS", "check_fits", "pool_key", "shared_pools", "sweep_compute"]
+__all__ = ["SHARED_ACTOR_CPUS", "check_fits", "pool_key", "shared_pools", "sweep_compute",
+           "trial_cpus"]

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from alray.config import DEFAULT_STEPS, ComputeConfig, Config, LoopConfig, flatten, int_problems
 from alray.errors import StateError
-from alray.experiments.shared_pool import pool_key, shared_pools
+from alray.experiments.shared_pool import pool_key, shared_pools, trial_cpus
 from alray.pool import io
 
 EXPERIMENT = "tune"
@@ -136,7 +136,8 @@ def run_sweep(sweep: SweepConfig, resume: bool = False, verbose: int = 1,
     require_ray()
     loops = [_trial_config(sweep, params) for params in grid_points(sweep)]
     with shared_pools(loops, compute, sweep.cpus_per_trial) as resident:
-        results = _fit(sweep, out, resume, verbose, resident)
+        cpus = trial_cpus(resident, compute, sweep.cpus_per_trial)
+        results = _fit(sweep, out, resume, verbose, resident, cpus)
     errors = [str(r.error).splitlines()[0] for r in results if r.error is not None]
     curves = collect_curves(sweep)
     if errors:
@@ -151,12 +152,14 @@ def _trial_config(sweep: SweepConfig, params: dict):
     return apply_overrides(sweep.loop, trial_overrides(sweep, params))
 
 
-def _fit(sweep: SweepConfig, out: Path, resume: bool, verbose: int, resident: dict):
-    """Tune's results of the grid, the trials given the shared pools ``resident``."""
+def _fit(sweep: SweepConfig, out: Path, resume: bool, verbose: int, resident: dict,
+         cpus: float):
+    """Tune's results of the grid, the trials given the shared pools ``resident`` and
+    ``cpus`` each (their torch threads still follow ``cpus_per_trial``)."""
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, resident=resident),
-                                    {"cpu": sweep.cpus_per_trial, "gpu": sweep.gpus_per_trial})
+                                    {"cpu": cpus, "gpu": sweep.gpus_per_trial})
     path = str(out / EXPERIMENT)
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
