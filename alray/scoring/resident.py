@@ -69,6 +69,7 @@ class ResidentPart:
         self.shown: pa.Table | None = None  # the id and shown columns, row for row
         self.id_type: pa.DataType | None = None
         self.loads = 0  # how many times this process read its part (1, or 0 before)
+        self.scored = 0  # score calls this process answered (every caller's: a sweep's trials)
         # with a cached first block: its weights' key, and the raw rows (memory-mapped)
         self.first_block: str | None = None
         self.raw: PostArrays | None = None
@@ -87,7 +88,7 @@ class ResidentPart:
             held += self.data.ids.nbytes + self.data.labels.nbytes + sum(
                 p.nbytes for p in self.data.present.values())
         return {"rows": 0 if self.data is None else len(self.data), "bytes": held,
-                "rss": _rss(), "loads": self.loads,
+                "rss": _rss(), "loads": self.loads, "scored": self.scored,
                 "pid": os.getpid(), "first_block": self.first_block}
 
     def _read(self) -> None:
@@ -153,6 +154,7 @@ class ResidentPart:
             if shown:  # the shown columns (a URL, a title) of its rows, kept as Arrow
                 out = with_shown(out, table.slice(start, batch_size), self.pool)
             merger.absorb(out)
+        self.scored += 1
         kept = merger.candidates(self.id_type or pa.int64())
         # the carried embeddings are the raw ones (the loop trains on them), not the cache
         return with_carried(kept, self.raw, self.raw_order, self.pool) if carry else kept
@@ -324,7 +326,7 @@ class ResidentPool:
                             for a in self.actors]))
 
     def info(self) -> list[dict]:
-        """Per actor: rows, bytes held, process RSS, loads, pid."""
+        """Per actor: rows, bytes held, process RSS, loads, score calls, pid."""
         import ray
 
         return ray.get([a.info.remote() for a in self.actors])
