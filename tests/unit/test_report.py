@@ -200,3 +200,18 @@ def test_sweeps_that_share_a_variant_or_are_not_paired_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="other.*initial is 100 but .*main.* has 2000"):
         write_report([main, other], tmp_path / "report")
     assert not os.path.exists(tmp_path / "report")
+
+
+def test_the_report_command_takes_several_sweeps(tmp_path):
+    from click.testing import CliRunner
+
+    from alray.cli import main
+
+    first = _named_sweep(tmp_path, "first", ARMS, LOOP)
+    second = _named_sweep(tmp_path, "second", {"bald": ARMS["entropy"]}, LOOP)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["report", first, second, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| bald | 3 | random |" in (out / "summary.md").read_text()
+    clash = CliRunner().invoke(main, ["report", first, first, "--out", str(out)])
+    assert clash.exit_code != 0 and "is in both" in clash.output
