@@ -275,7 +275,8 @@ def _sampling_problems(score: "ScoreConfig") -> list[str]:
             problems.append(f"candidates must be an integer >= 0 (0 = the whole pool) or "
                             f"knn:K with an integer K >= 1, got {n!r}")
         elif not score.neighbours:
-            problems.append(f"candidates {n} needs neighbours: a file from alray neighbours")
+            problems.append(f"candidates {n} needs neighbours (--neighbours): the pool's "
+                            "graph from alray neighbours")
     elif isinstance(n, bool) or not isinstance(n, int) or n < 0:
         problems.append(f"candidates must be an integer >= 0 (0 = the whole pool), got {n!r}")
     elif 0 < n < score.query_size:

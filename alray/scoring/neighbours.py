@@ -227,10 +227,11 @@ def read_neighbours(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def knn_candidates(path: str, k: int, labelled: np.ndarray) -> np.ndarray:
-    """Sorted unique ids: the first ``k`` neighbours of every id in ``labelled``
-    (sorted), less the labelled ids themselves. ConfigError when the file holds fewer
-    than ``k`` neighbours a post, or has no row for a labelled id."""
+    """Sorted unique ids: the first ``k`` neighbours of every id in ``labelled``, less
+    the labelled ids themselves. ConfigError when the file holds fewer than ``k``
+    neighbours a post, or has no row for a labelled id."""
     ids, neighbours = read_neighbours(path)
+    labelled = np.sort(np.asarray(labelled))  # mask_excluded needs it sorted
     if k > neighbours.shape[1]:
         raise ConfigError(f"--candidates knn:{k}: {path} holds {neighbours.shape[1]} "
                           "neighbours a post; build it with a larger --k")

@@ -195,3 +195,20 @@ def test_fewer_candidates_than_the_query_is_refused(pool3, graph, checkpoint):
     with pytest.raises(PoolExhaustedError, match="larger than the .* candidates of "
                                                  "--candidates knn:2 .* raise K"):
         score_pool(pool3, checkpoint, score, exclude_ids=[7, 8], compute=LOCAL)
+
+
+def test_string_ids_keep_their_type(pool3, graph, tmp_path):
+    import pyarrow as pa
+
+    table = io.read_table(pool3)
+    table = table.set_column(0, "id", pa.array([f"p{i}" for i in table.column("id").to_pylist()]))
+    pool = write_pool(tmp_path / "strpool", [table])
+    out = str(tmp_path / "g.parquet")
+    build_neighbours(pool, out, k=8, dims=6, seed=3, compute=LOCAL)
+    assert pq.read_table(out).schema.field("neighbours").type.value_type == pa.string()
+    ids, near = read_neighbours(out)
+    int_ids, int_near = read_neighbours(graph)
+    want = {f"p{i}": [f"p{j}" for j in row] for i, row in zip(int_ids, int_near)}
+    assert {i: list(row) for i, row in zip(ids, near)} == want
+    got = knn_candidates(out, 2, np.array(["p7", "p1007"], dtype=object))
+    assert set(got) == set(want["p7"][:2] + want["p1007"][:2]) - {"p7", "p1007"}
