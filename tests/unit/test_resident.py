@@ -50,8 +50,11 @@ def assert_same(a: dict, b: dict) -> None:
     for name in a:
         x, y = a[name], b[name]
         assert x.column("id").to_pylist() == y.column("id").to_pylist(), name
+        # ids exactly; scores to float32 rounding: the two paths batch rows differently,
+        # and power sampling's log of a small margin magnifies a last-bit difference
+        # (seen: 1.5e-5 on -1.3157 in a loaded full run)
         np.testing.assert_allclose(x.column("score").to_numpy(), y.column("score").to_numpy(),
-                                   rtol=1e-5, atol=1e-7)
+                                   rtol=1e-4, atol=1e-6)
         assert x.column_names == y.column_names
         for column in x.column_names:
             if column != "score" and column != "predicted_prob":
