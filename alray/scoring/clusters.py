@@ -46,7 +46,7 @@ def projected(batch, columns: PoolConfig, dims: dict, matrix: np.ndarray):
     return data.ids, stacked @ matrix
 
 
-def _read_part(shards, columns: PoolConfig, dims: dict, matrix: np.ndarray):
+def read_part(shards, columns: PoolConfig, dims: dict, matrix: np.ndarray):
     ids, feats = [], []
     read = [columns.id_column, *columns.embedding_columns.values()]
     for shard in shards:
@@ -61,7 +61,7 @@ def fit_part(shards, columns: dict, dims: dict, matrix, k: int, seed: int) -> di
     """One part's k-means: ``{"centroids": (k', d), "counts": (k',)}``."""
     from sklearn.cluster import MiniBatchKMeans
 
-    _, feats = _read_part(shards, PoolConfig.from_dict(columns), dims, matrix)
+    _, feats = read_part(shards, PoolConfig.from_dict(columns), dims, matrix)
     km = MiniBatchKMeans(n_clusters=min(k, len(feats)), random_state=seed % 2**31,
                          batch_size=4096, n_init=1, max_iter=50).fit(feats)
     counts = np.bincount(km.labels_, minlength=km.n_clusters)
@@ -72,7 +72,7 @@ def fit_part(shards, columns: dict, dims: dict, matrix, k: int, seed: int) -> di
 
 def assign_part(shards, columns: dict, dims: dict, matrix, centroids) -> dict:
     """Each post of the part with its nearest centroid: ``{"ids", "centroid"}``."""
-    ids, feats = _read_part(shards, PoolConfig.from_dict(columns), dims, matrix)
+    ids, feats = read_part(shards, PoolConfig.from_dict(columns), dims, matrix)
     nearest = np.empty(len(ids), np.int64)
     c2 = (centroids * centroids).sum(axis=1)
     for start in range(0, len(ids), 65536):  # bounded memory: a block of distances
@@ -95,8 +95,8 @@ def cluster_pool(pool_uri: str, out: str, k: int, groups: int = 0, seed: int = 0
     shards = io.pool_shards(pool_uri)
     pool_dims = infer_dims(pool_uri, columns)
     matrix = projection(pool_dims, dims, seed)
-    parts = _parts(shards, compute)
-    run = _runner(compute)
+    parts = split_shards(shards, compute)
+    run = runner(compute)
     fits = run(fit_part, [(p, columns.to_dict(), pool_dims, matrix, k,
                            derive_seed(seed, "kmeans", i)) for i, p in enumerate(parts)])
     if progress:
@@ -131,7 +131,7 @@ def _linkage(centroids: np.ndarray, groups: int) -> np.ndarray:
         centroids).labels_.astype(np.int64)
 
 
-def _parts(shards, compute: ComputeConfig) -> list[list]:
+def split_shards(shards, compute: ComputeConfig) -> list[list]:
     """Shards dealt into parts of about equal row counts, one per worker."""
     n = 1 if compute.local else max(1, min(len(shards), compute.score_actors * 2))
     rows = [io.open_parquet(s).metadata.num_rows for s in shards]
@@ -143,7 +143,7 @@ def _parts(shards, compute: ComputeConfig) -> list[list]:
     return [p for p in parts if p]
 
 
-def _runner(compute: ComputeConfig):
+def runner(compute: ComputeConfig):
     if compute.local:
         return lambda fn, arglists: [fn(*args) for args in arglists]
 
@@ -169,7 +169,7 @@ def typical_ids(pool_uri: str, columns: PoolConfig, n: int, seed: int,
     from alray.pool.load import read_ids_and_labels
 
     pool_dims = infer_dims(pool_uri, columns)
-    ids, feats = _read_part(io.pool_shards(pool_uri), columns, pool_dims,
+    ids, feats = read_part(io.pool_shards(pool_uri), columns, pool_dims,
                             projection(pool_dims, dims, seed))
     all_ids, labels = read_ids_and_labels(pool_uri, columns)
     labelled = np.isin(ids, all_ids[labels >= 0])

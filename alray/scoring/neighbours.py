@@ -28,7 +28,7 @@ from alray.config import ComputeConfig, PoolConfig
 from alray.errors import ConfigError, PoolSchemaError
 from alray.pool import io
 from alray.pool.schema import infer_dims
-from alray.scoring.clusters import _parts, _read_part, _runner, projection
+from alray.scoring.clusters import projection, read_part, runner, split_shards
 from alray.scoring.topk import mask_excluded
 from alray.seeds import rng
 
@@ -39,7 +39,7 @@ SEARCH_PARTS_PER_ACTOR = 4  # tasks per actor: progress, and an even finish
 
 def project_part(shards, columns: dict, dims: dict, matrix) -> tuple:
     """``(ids, (rows, out_dims) float32)`` of one part of the pool."""
-    ids, feats = _read_part(shards, PoolConfig.from_dict(columns), dims, matrix)
+    ids, feats = read_part(shards, PoolConfig.from_dict(columns), dims, matrix)
     return ids, np.ascontiguousarray(feats, np.float32)
 
 
@@ -120,8 +120,8 @@ def build_neighbours(pool_uri: str, out: str, k: int, dims: int = 64, seed: int 
     shards = io.pool_shards(pool_uri)
     pool_dims = infer_dims(pool_uri, columns)
     matrix = projection(pool_dims, dims, seed)
-    read = _runner(compute)(project_part, [(p, columns.to_dict(), pool_dims, matrix)
-                                           for p in _parts(shards, compute)])
+    read = runner(compute)(project_part, [(p, columns.to_dict(), pool_dims, matrix)
+                                           for p in split_shards(shards, compute)])
     ids = np.concatenate([r[0] for r in read])
     feats = np.concatenate([r[1] for r in read])
     del read

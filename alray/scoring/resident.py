@@ -46,7 +46,7 @@ from alray.scoring.merge import QueryMerger
 from alray.scoring.parts import (Piece, ResidentFallback, ResidentMemoryError,
                                  check_compute, fit_problem, node_allowance, part_bytes,
                                  plan_parts)
-from alray.scoring.scorer import BatchScorer, _resolved, with_shown
+from alray.scoring.scorer import BatchScorer, resolved, with_shown
 from alray.scoring.topk import mask_excluded
 
 # the system allocator: glibc gives a decode's freed buffers back (malloc_trim); Arrow's
@@ -169,7 +169,7 @@ class ResidentPart:
             if self.first_block is not None:
                 self._read()
             return args, False
-        args["model"] = state = _resolved(args["model"])
+        args["model"] = state = resolved(args["model"])
         key = first_block_key(state)
         if key != self.first_block:
             if self.first_block is not None:  # other first blocks: from the raw rows
@@ -188,7 +188,7 @@ class ResidentPart:
         """``(rows, shown columns, args)`` to score this step: with knn candidates only
         their rows, picked by id before any batch reaches the model (what makes a knn
         step cheap), and the resolved ids passed on; else the whole part."""
-        wanted = _resolved(args.get("candidate_ids"))
+        wanted = resolved(args.get("candidate_ids"))
         if wanted is None:
             return self.data, self.shown, args
         rows = np.flatnonzero(~mask_excluded(self.data.ids, wanted))

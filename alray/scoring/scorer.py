@@ -56,14 +56,14 @@ class BatchScorer:
         self.pool = PoolConfig.from_dict(columns)
         self.dims = dict(dims)
         self.step = int(step)
-        exclude = _resolved(exclude)
+        exclude = resolved(exclude)
         self.exclude = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude)
         self.keep_all, self.carry, self.counter = keep_all, carry, counter
         self.candidate_max = None if candidate_max is None else np.uint64(candidate_max)
-        self.candidate_ids = _resolved(candidate_ids)
+        self.candidate_ids = resolved(candidate_ids)
         # with every score kept, rank sampling happens on the driver (merge_scores)
         check_sampling(self.score.strategies, self.score.sampling, streaming=not keep_all)
-        self.model = BatchModel.from_state(_resolved(model), self.score, self.dims, device,
+        self.model = BatchModel.from_state(resolved(model), self.score, self.dims, device,
                                            step=self.step)
         # the query needs a forward pass on its rows only (not with --scores-out, which
         # keeps every row, nor with class balancing, which needs every row's class)
@@ -207,7 +207,7 @@ def _on_host(data: PostArrays) -> PostArrays:
     return PostArrays(data.ids, features, data.present, data.labels)
 
 
-def _resolved(value):
+def resolved(value):
     """``value``, or what it refers to when the driver put it in Ray's object store (an
     ObjectRef in constructor arguments is not resolved by Ray Data)."""
     if type(value).__name__ != "ObjectRef":

@@ -98,3 +98,18 @@ def test_no_file_in_alray_is_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 400}
     assert long == {}
+
+
+def private_imports(source: str) -> list[str]:
+    """``module.name`` for every ``from alray... import _name`` in ``source``."""
+    return [f"{node.module}.{alias.name}" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("alray")
+            for alias in node.names
+            if alias.name.startswith("_") and not alias.name.startswith("__")]
+
+
+def test_no_module_imports_another_modules_private_names():
+    found = {name: private_imports(path.read_text()) for name, path in MODULES.items()}
+    assert {name: names for name, names in found.items() if names} == {}
+    assert private_imports("from alray.scoring.clusters import _parts\n") == [
+        "alray.scoring.clusters._parts"]
