@@ -51,7 +51,8 @@ def main() -> None:
     cpus = ray.cluster_resources().get("CPU")
     resident_compute = ComputeConfig(score_actors=args.actors, score_cpus_per_actor=args.cpus,
                                      score_gpus_per_actor=args.gpus,
-                                     score_batch_size=args.batch, resident_dtype=args.dtype)
+                                     score_batch_size=args.batch, resident_dtype=args.dtype,
+                                     resident_memory_mb=args.resident_memory)
     stream_compute = ComputeConfig(score_actors=args.stream_actors, score_cpus_per_actor=0.5,
                                    score_batch_size=args.batch)
     threads = max(1, int(args.cpus)) * args.actors
@@ -204,6 +205,8 @@ def parse():
                         help="resident is always timed; streaming, compute (in the "
                              "actors), process (in this process): optional")
     parser.add_argument("--rows", type=int, default=0, help="the pool's rows, for rows/s")
+    parser.add_argument("--resident-memory", type=int, default=None,
+                        help="MiB a node may hold (default: half the node's Ray memory)")
     return parser.parse_args()
 
 
