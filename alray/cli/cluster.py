@@ -8,6 +8,24 @@ import click
 
 from alray.cli.common import Progress, connect_ray, friendly_errors, pool_config, pool_options
 from alray.cli.options import compute_config, options
+from alray.config import ComputeConfig
+
+
+def projection_options(what: str):
+    """``--dims`` and ``--seed`` of the random projection both commands work in."""
+    def add(fn):
+        fn = click.option("--seed", type=int, default=0, show_default=True)(fn)
+        return click.option("--dims", type=int, default=64, show_default=True,
+                            help=f"Random-projection dimensions the posts are {what}.")(fn)
+    return add
+
+
+def connected(p: dict, out: str) -> ComputeConfig:
+    """The compute options, with Ray connected unless ``--local``."""
+    compute = compute_config(p)
+    if not compute.local:
+        connect_ray(compute.address, os.path.dirname(os.path.abspath(out)))
+    return compute
 
 
 @click.command()
@@ -18,9 +36,7 @@ from alray.cli.options import compute_config, options
 @click.option("--groups", type=int, default=0, show_default=True,
               help="Average-linkage groups of the centroids (Cluster-Margin's clusters); "
                    "0 = the centroids themselves.")
-@click.option("--dims", type=int, default=64, show_default=True,
-              help="Random-projection dimensions the posts are clustered in.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@projection_options("clustered in")
 @options(("local", "address", "actors", "num_cpus_per_actor"))
 @pool_options
 @friendly_errors
@@ -29,9 +45,7 @@ def cluster(pool, out, k, groups, dims, seed, id_column, label_column, embedding
     """Cluster POOL's posts (distributed mini-batch k-means, then average linkage)."""
     from alray.scoring.clusters import cluster_pool
 
-    compute = compute_config(p)
-    if not compute.local:
-        connect_ray(compute.address, os.path.dirname(os.path.abspath(out)))
+    compute = connected(p, out)
     bar = Progress(total=3, desc="cluster", unit="pass")
     summary = cluster_pool(pool, out, k, groups, seed,
                            pool_config(id_column, label_column, embedding_columns),
@@ -54,9 +68,7 @@ def cluster(pool, out, k, groups, dims, seed, id_column, label_column, embedding
               help="IVF lists searched a query (more: slower, better recall).")
 @click.option("--train-size", type=int, default=0, show_default=True,
               help="IVF: posts its k-means is trained on (a seeded sample); 0 = 40 a list.")
-@click.option("--dims", type=int, default=64, show_default=True,
-              help="Random-projection dimensions the posts are compared in.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@projection_options("compared in")
 @options(("local", "address", "actors", "num_cpus_per_actor"))
 @pool_options
 @friendly_errors
@@ -65,9 +77,7 @@ def neighbours(pool, out, k, index, nlist, nprobe, train_size, dims, seed, id_co
     """Write every post of POOL's K nearest neighbours to OUT (for --candidates knn:K)."""
     from alray.scoring.neighbours import build_neighbours
 
-    compute = compute_config(p)
-    if not compute.local:
-        connect_ray(compute.address, os.path.dirname(os.path.abspath(out)))
+    compute = connected(p, out)
     bar = Progress(total=0, desc="neighbours", unit="row")
     summary = build_neighbours(
         pool, out, k, dims, seed, index, nlist, nprobe, train_size,

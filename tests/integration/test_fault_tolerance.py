@@ -49,13 +49,18 @@ def run_scenario(tmp_path, name: str, *args: str) -> dict:
         return json.load(f)
 
 
+def pool_and_checkpoint(tmp_path, shards: int, seed: int) -> tuple[str, str]:
+    """A pool of ``shards`` shards of 5,000 rows and a small model's checkpoint."""
+    pool = write_pool(tmp_path / "pool", [make_pool_table(5000, seed=seed + i,
+                                                          first_id=10_000 * i)
+                                          for i in range(shards)])
+    return pool, build_checkpoint(tmp_path / "model")
+
+
 def test_scoring_survives_a_worker_node_killed_mid_way(tmp_path):
     # big enough that scoring outlasts a few of the progress polls (every 0.5 s) on
     # which the scenario kills a node: 16k rows could finish between two polls
-    pool = write_pool(tmp_path / "pool", [make_pool_table(5000, seed=30 + i,
-                                                          first_id=10_000 * i)
-                                          for i in range(8)])
-    ckpt = build_checkpoint(tmp_path / "model")
+    pool, ckpt = pool_and_checkpoint(tmp_path, shards=8, seed=30)
     seen = run_scenario(tmp_path, "scoring", pool, ckpt)
     assert seen["killed"] and 0 < seen["at_rows"] < seen["total"], seen
     expected = score_pool(pool, ckpt, ScoreConfig(strategies=("margin", "bald"),
@@ -67,10 +72,7 @@ def test_scoring_survives_a_worker_node_killed_mid_way(tmp_path):
 
 
 def test_a_resident_actor_whose_node_dies_mid_step_reads_its_part_again(tmp_path):
-    pool = write_pool(tmp_path / "pool", [make_pool_table(5000, seed=50 + i,
-                                                          first_id=10_000 * i)
-                                          for i in range(4)])
-    ckpt = build_checkpoint(tmp_path / "model")
+    pool, ckpt = pool_and_checkpoint(tmp_path, shards=4, seed=50)
     seen = run_scenario(tmp_path, "resident", pool, ckpt)
     assert seen["killed"] and seen["mid_step"] and seen["error"] is None, seen
     config = ScoreConfig(strategies=("margin", "bald"), query_size=25, mc_samples=16)
