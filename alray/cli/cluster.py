@@ -64,8 +64,9 @@ def cluster(pool, out, k, groups, dims, seed, id_column, label_column, embedding
               show_default=True, help="flat: exact; ivf: faiss IVF-Flat, approximate.")
 @click.option("--nlist", type=int, default=0, show_default=True,
               help="IVF lists; 0 = about 4 x sqrt(rows).")
-@click.option("--nprobe", type=int, default=16, show_default=True,
-              help="IVF lists searched a query (more: slower, better recall).")
+@click.option("--nprobe", type=int, default=64, show_default=True,
+              help="IVF lists searched a query (more: slower, better recall; "
+                   "docs/acquisition.md says why 64).")
 @click.option("--train-size", type=int, default=0, show_default=True,
               help="IVF: posts its k-means is trained on (a seeded sample); 0 = 40 a list.")
 @projection_options("compared in")

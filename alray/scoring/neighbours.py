@@ -108,7 +108,7 @@ def _drop_self(found: np.ndarray, first, k: int) -> tuple[np.ndarray, np.ndarray
 
 
 def build_neighbours(pool_uri: str, out: str, k: int, dims: int = 64, seed: int = 0,
-                     index: str = "flat", nlist: int = 0, nprobe: int = 16,
+                     index: str = "flat", nlist: int = 0, nprobe: int = 64,
                      train_size: int = 0, columns: PoolConfig = PoolConfig(),
                      compute: ComputeConfig = ComputeConfig(),
                      progress: Progress | None = None) -> dict:
