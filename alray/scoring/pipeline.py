@@ -61,25 +61,36 @@ def score_pool(pool_uri: str, model: str | Mapping, score: ScoreConfig,
         raise ConfigError("score_pool: carry and scores_out cannot be combined")
     plan = plan_scoring(pool_uri, model, score, columns, exclude_ids, step,
                         keep_all=scores_out is not None, carry=carry)
-    if score.cluster_margin:  # the exact top k_m first; the round robin picks from them
-        left = plan.total_rows - plan.excluded_rows
-        wide = score.replace(cluster_margin=0.0, query_size=min(left, math.ceil(
-            score.cluster_margin * score.query_size)))
-        plan = dataclasses.replace(plan, score=wide)
+    plan = widen_for_cluster_margin(plan)
     if scores_out is not None:
         with io.atomic_directory(scores_out) as tmp:
             _run(plan, compute, progress, tmp)
         merger = merge_scores(scores_out, plan.score, step, plan.carries)
     else:
         merger = _run(plan, compute, progress, None)
-    queries = merger.queries(plan.id_type)
-    return _cluster_round_robin(queries, score) if score.cluster_margin else queries
+    return cluster_round_robin(merger.queries(plan.id_type), score)
 
 
-def _cluster_round_robin(queries: dict[str, pa.Table], score: ScoreConfig
-                         ) -> dict[str, pa.Table]:
+def widen_for_cluster_margin(plan: ScoringPlan) -> ScoringPlan:
+    """With Cluster-Margin, ``plan`` asking for the exact top k_m (``cluster_margin`` x
+    the query size) that ``cluster_round_robin`` then picks from; else ``plan``. Every
+    scoring path (streaming, local, resident) goes through both."""
+    score = plan.score
+    if not score.cluster_margin:
+        return plan
+    left = plan.total_rows - plan.excluded_rows
+    wide = score.replace(cluster_margin=0.0, query_size=min(left, math.ceil(
+        score.cluster_margin * score.query_size)))
+    return dataclasses.replace(plan, score=wide)
+
+
+def cluster_round_robin(queries: dict[str, pa.Table], score: ScoreConfig
+                        ) -> dict[str, pa.Table]:
     """Cluster-Margin: each strategy's query filled round-robin over the clusters of its
-    top-k_m candidates, smallest cluster first (``alray.acquisition.diversity``)."""
+    top-k_m candidates, smallest cluster first (``alray.acquisition.diversity``);
+    ``queries`` unchanged when ``score`` asks for no Cluster-Margin."""
+    if not score.cluster_margin:
+        return queries
     from alray.acquisition.diversity import round_robin
     from alray.scoring.clusters import groups_of, read_clusters
 

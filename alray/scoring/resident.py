@@ -339,11 +339,12 @@ class ResidentPool:
         (``alray.scoring.first_block``; for runs that keep them, one cache at a time)."""
         import ray
 
-        from alray.scoring.pipeline import PUT_THRESHOLD, ray_error
+        from alray.scoring.pipeline import (PUT_THRESHOLD, cluster_round_robin, ray_error,
+                                            widen_for_cluster_margin)
         from alray.scoring.plan import plan_scoring
 
-        plan = plan_scoring(self.pool_uri, model, score, self.columns, exclude_ids, step,
-                            carry=carry)
+        plan = widen_for_cluster_margin(plan_scoring(
+            self.pool_uri, model, score, self.columns, exclude_ids, step, carry=carry))
         if tuple(s.path for s in plan.shards) != self.shards:
             raise ConfigError(f"{self.pool_uri}: the pool's shards changed since the "
                               "resident pool read them; open a new one")
@@ -360,7 +361,7 @@ class ResidentPool:
                 merger.absorb(table)
         except Exception as exc:  # Ray wraps the actors' errors
             raise ray_error(exc, plan.shards) from None
-        return merger.queries(plan.id_type)
+        return cluster_round_robin(merger.queries(plan.id_type), score)
 
     def close(self) -> None:
         import ray

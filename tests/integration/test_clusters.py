@@ -97,3 +97,27 @@ def test_clustering_on_ray_parts(ray_session, pool, tmp_path):
                            dims=8)
     ids, groups = read_clusters(out)
     assert summary["rows"] == len(ids) == 450 and set(groups.tolist()) <= set(range(12))
+
+
+def test_cluster_margin_on_the_resident_pool_equals_the_local_path(ray_session, pool,
+                                                                   checkpoint, clusters):
+    # the resident pool answers loops and sweeps by default: it must widen to the top
+    # k_m and run the round robin too, not return plain margin's query
+    from alray.config import PoolConfig
+    from alray.scoring.resident import ResidentPool
+
+    score = ScoreConfig(strategies=("margin",), query_size=12, cluster_margin=5.0,
+                        clusters=clusters)
+    labelled = [0, 1, 1000]
+    resident = ResidentPool.open(pool, PoolConfig(), ComputeConfig(
+        score_actors=2, score_cpus_per_actor=0.5, score_batch_size=37))
+    try:
+        got = resident.score(checkpoint, score, labelled)["margin"]
+        plain = resident.score(checkpoint, score.replace(cluster_margin=0.0),
+                               labelled)["margin"]
+    finally:
+        resident.close()
+    want = score_pool(pool, checkpoint, score, exclude_ids=labelled, compute=LOCAL)["margin"]
+    assert got.column("id").to_pylist() == want.column("id").to_pylist()
+    assert got.column("rank").to_pylist() == list(range(1, 13))
+    assert got.column("id").to_pylist() != plain.column("id").to_pylist()
