@@ -1,13 +1,17 @@
-"""Fault scenarios on a simulated multi-node cluster, each run in its own process.
+"""Fault scenarios on a simulated multi-node cluster, run one after another in one process.
 
-    python -m tests.integration.cluster_scenarios SCENARIO OUT.json [ARGS...]
+    python -m tests.integration.cluster_scenarios PLAN.json
 
-The process builds a ``ray.cluster_utils.Cluster`` (a head with no CPUs, so all work runs
-on two worker nodes of 2 CPUs each), drives the scenario, kills a worker node with
-SIGKILL of all its processes (``remove_node(allow_graceful=False)``) at the chosen
-moment, writes what it observed to OUT.json and shuts its cluster down. A separate
-process because the test session has its own local Ray, and a driver belongs to one
-cluster.
+PLAN.json lists the scenarios to run, each as ``[SCENARIO, OUT.json, ARGS...]``. The
+process builds one ``ray.cluster_utils.Cluster`` (a head with no CPUs, so all work runs
+on two worker nodes of 2 CPUs each) and, for each scenario in turn, drives it, kills a
+worker node with SIGKILL of all its processes (``remove_node(allow_graceful=False)``) at
+the chosen moment and writes what it observed to its OUT.json (with ``failure``, the
+traceback, where the scenario raised; the next scenario still runs). Between scenarios
+the driver disconnects (its job's actors and placement groups go with it) and a fresh
+worker node takes the dead one's place, so every scenario starts on a head and two live
+workers; only the cluster's start-up is shared. A separate process because the test
+session has its own local Ray, and a driver belongs to one cluster.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 
 from tests.conftest import free_port, pids_mentioning
 
@@ -26,6 +31,7 @@ from tests.conftest import free_port, pids_mentioning
 SYSTEM_CONFIG = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                  "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
 NODE_CPUS = 2
+WORKERS = 2
 OBJECT_STORE = 150 * 2**20
 
 
@@ -51,7 +57,7 @@ def start_cluster():
         "temp_dir": temp, "dashboard_agent_listen_port": free_port(),
         "_system_config": SYSTEM_CONFIG})
     workers = [cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=OBJECT_STORE)
-               for _ in range(2)]
+               for _ in range(WORKERS)]
     cluster.wait_for_nodes()
     return cluster, workers
 
@@ -78,14 +84,13 @@ def kill_node(cluster, node) -> None:
     cluster.remove_node(node, allow_graceful=False)
 
 
-def scoring(out: str, pool: str, checkpoint: str) -> None:
+def scoring(cluster, workers, seen: dict, pool: str, checkpoint: str) -> None:
     """Remove the node of a scoring actor once a quarter of the rows are scored."""
     from alray.config import ComputeConfig, ScoreConfig
     from alray.runtime import connect
     from alray.scoring.pipeline import score_pool
 
-    cluster, workers = start_cluster()
-    seen = {"killed": None, "at_rows": None}
+    seen.update(killed=None, at_rows=None)
     lock = threading.Lock()
 
     def progress(done: int, total: int) -> None:
@@ -103,69 +108,59 @@ def scoring(out: str, pool: str, checkpoint: str) -> None:
     compute = ComputeConfig(address=cluster.address, score_batch_size=50, score_actors=2,
                             score_cpus_per_actor=0.5)
     connect(cluster.address)
-    try:
-        queries = score_pool(pool, checkpoint, config, compute=compute, progress=progress)
-        seen["queries"] = {s: t.column("id").to_pylist() for s, t in queries.items()}
-        seen["scores"] = {s: t.column("score").to_pylist() for s, t in queries.items()}
-    finally:
-        _write(out, seen)
-        _shutdown(cluster)
+    queries = score_pool(pool, checkpoint, config, compute=compute, progress=progress)
+    seen["queries"] = {s: t.column("id").to_pylist() for s, t in queries.items()}
+    seen["scores"] = {s: t.column("score").to_pylist() for s, t in queries.items()}
 
 
-def resident(out: str, pool: str, checkpoint: str) -> None:
+def resident(cluster, workers, seen: dict, pool: str, checkpoint: str) -> None:
     """Remove the node of a resident actor while a step is being scored; the step is
     retried on the actor Ray restarts, which reads its own part again."""
     from alray.config import ComputeConfig, PoolConfig
     from alray.runtime import connect
     from alray.scoring.resident import ResidentPool
 
-    cluster, workers = start_cluster()
     compute = ComputeConfig(address=cluster.address, score_batch_size=16, score_actors=2,
                             score_cpus_per_actor=0.5)
     connect(cluster.address)
-    seen = {"killed": None}
-    try:
-        resident_pool = ResidentPool.open(pool, PoolConfig(), compute)
-        seen["before"] = resident_pool.load()
-        seen["step0"] = _ids(resident_pool.score(checkpoint, _resident_score(), step=0))
-        done = {}
+    seen["killed"] = None
+    resident_pool = ResidentPool.open(pool, PoolConfig(), compute)
+    seen["before"] = resident_pool.load()
+    seen["step0"] = _ids(resident_pool.score(checkpoint, _resident_score(), step=0))
+    done = {}
 
-        def score_step_1() -> None:
-            try:
-                done["queries"] = resident_pool.score(checkpoint, _resident_score(), step=1)
-            except Exception as exc:  # reported, not lost in the thread
-                done["error"] = repr(exc)
+    def score_step_1() -> None:
+        try:
+            done["queries"] = resident_pool.score(checkpoint, _resident_score(), step=1)
+        except Exception as exc:  # reported, not lost in the thread
+            done["error"] = repr(exc)
 
-        step = threading.Thread(target=score_step_1)
-        step.start()
-        time.sleep(0.3)  # the actors are scoring: a step takes seconds at this batch size
-        seen["mid_step"] = step.is_alive()
-        # other Ray instances on the machine may run resident actors too: this cluster's
-        hosts = {node_of(pid, workers) for pid in pids_mentioning("ResidentPart")} - {None}
-        victim = sorted(hosts, key=lambda n: n.unique_id)[0]
-        seen["killed"] = victim.unique_id
-        kill_node(cluster, victim)
-        step.join()
-        seen["error"] = done.get("error")
-        seen["step1"] = _ids(done["queries"])
-        seen["scores1"] = {s: t.column("score").to_pylist() for s, t in done["queries"].items()}
-        seen["after"] = resident_pool.info()
-    finally:
-        _write(out, seen)
-        _shutdown(cluster)
+    step = threading.Thread(target=score_step_1)
+    step.start()
+    time.sleep(0.3)  # the actors are scoring: a step takes seconds at this batch size
+    seen["mid_step"] = step.is_alive()
+    # other Ray instances on the machine may run resident actors too: this cluster's
+    hosts = {node_of(pid, workers) for pid in pids_mentioning("ResidentPart")} - {None}
+    victim = sorted(hosts, key=lambda n: n.unique_id)[0]
+    seen["killed"] = victim.unique_id
+    kill_node(cluster, victim)
+    step.join()
+    seen["error"] = done.get("error")
+    seen["step1"] = _ids(done["queries"])
+    seen["scores1"] = {s: t.column("score").to_pylist() for s, t in done["queries"].items()}
+    seen["after"] = resident_pool.info()
 
 
 def _ids(queries) -> dict:
     return {s: t.column("id").to_pylist() for s, t in queries.items()}
 
 
-def training(out: str, *loop_args: str) -> None:
+def training(cluster, workers, seen: dict, *loop_args: str) -> None:
     """Remove the node of the training worker when step 2's fine-tuning is requested."""
     from alray.cli.loop import invoke_loop
     from alray.train import service
 
-    cluster, workers = start_cluster()
-    seen = {"killed": None, "fine_tunes": 0}
+    seen.update(killed=None, fine_tunes=0)
     original = service.RayTraining.run
 
     def run(self, request):
@@ -183,29 +178,22 @@ def training(out: str, *loop_args: str) -> None:
         outcome = invoke_loop([*loop_args, "--address", cluster.address])
         seen["status"], seen["step"] = outcome.status, outcome.step
     finally:
-        _write(out, seen)
-        _shutdown(cluster)
+        service.RayTraining.run = original
 
 
-def driver(out: str, job: str, run_dir: str, *loop_args: str) -> None:
+def driver(cluster, workers, seen: dict, job: str, run_dir: str, *loop_args: str) -> None:
     """SIGKILL the loop's driver (the process `ray job submit` starts) once step 1 is
     committed, then submit it again."""
-    cluster, _ = start_cluster()
     env = {**os.environ, "RAY_ADDRESS": cluster.address}
     command = [sys.executable, job, "--run-dir", run_dir, *loop_args]
-    seen = {}
-    try:
-        first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT)
-        seen["killed_after_step"] = _wait_for_step(run_dir, 1, first)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        again = subprocess.run(command, env=env, capture_output=True, text=True)
-        seen["returncode"], seen["stdout"] = again.returncode, again.stdout[-3000:]
-        seen["stderr"] = again.stderr[-3000:]
-    finally:
-        _write(out, seen)
-        _shutdown(cluster)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    seen["killed_after_step"] = _wait_for_step(run_dir, 1, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    again = subprocess.run(command, env=env, capture_output=True, text=True)
+    seen["returncode"], seen["stdout"] = again.returncode, again.stdout[-3000:]
+    seen["stderr"] = again.stderr[-3000:]
 
 
 def _wait_for_step(run_dir: str, step: int, proc: subprocess.Popen,
@@ -233,6 +221,37 @@ def _write(out: str, seen: dict) -> None:
     os.replace(out + ".tmp", out)
 
 
+def _fresh_workers(cluster) -> list:
+    """Disconnect this driver (its job's actors go with it) and replace every worker
+    node a scenario killed, so the next one starts on a head and two live workers;
+    ``wait_for_nodes`` returns once the dead node is marked dead and the new one alive."""
+    import ray
+
+    ray.shutdown()
+    while len(cluster.worker_nodes) < WORKERS:
+        cluster.add_node(num_cpus=NODE_CPUS, object_store_memory=OBJECT_STORE)
+    cluster.wait_for_nodes()
+    return sorted(cluster.worker_nodes, key=lambda n: n.unique_id)
+
+
+def run_plan(plan: list[list[str]]) -> None:
+    """Run each ``[scenario, out, *args]`` of the plan on one cluster, in order."""
+    cluster, workers = start_cluster()
+    try:
+        for scenario, out, *args in plan:
+            seen = {"failure": None}
+            try:
+                SCENARIOS[scenario](cluster, workers, seen, *args)
+            except Exception:  # reported in OUT.json; the next scenario still runs
+                seen["failure"] = traceback.format_exc()
+            finally:
+                _write(out, seen)
+            if out != plan[-1][1]:
+                workers = _fresh_workers(cluster)
+    finally:
+        _shutdown(cluster)
+
+
 def _shutdown(cluster) -> None:
     import ray
 
@@ -240,6 +259,9 @@ def _shutdown(cluster) -> None:
     cluster.shutdown()
 
 
+SCENARIOS = {"scoring": scoring, "resident": resident, "training": training,
+             "driver": driver}
+
 if __name__ == "__main__":
-    scenario, out, *args = sys.argv[1:]
-    {"scoring": scoring, "resident": resident, "training": training, "driver": driver}[scenario](out, *args)
+    with open(sys.argv[1]) as f:
+        run_plan(json.load(f))
