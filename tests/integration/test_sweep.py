@@ -55,6 +55,8 @@ def test_shipped_config_parses(config, tmp_path):
 SMOKE_COVERED_BY = {"long_horizon_digits": "digits",
                     "long_horizon_digits_frozen_bn": "bald_frozen_bn",
                     "long_horizon_study": "bald_frozen_bn",
+                    "long_horizon_study_small": "digits",
+                    "long_horizon_study_small_frozen_bn": "bald_frozen_bn",
                     "long_margin": "uncertainty"}
 SMOKED = [c for c in CONFIGS if Path(c).stem not in SMOKE_COVERED_BY]
 
