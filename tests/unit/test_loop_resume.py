@@ -42,6 +42,20 @@ def loop_command(pools, run_dir, steps=STEPS) -> list[str]:
             "--steps", str(steps), "--resume-if-exists", *LOOP_ARGS]
 
 
+def run_in_process(pools, run_dir, steps: int):
+    """``alray loop`` with LOOP_ARGS (--local) in this process: the undisturbed
+    reference of a run elsewhere, without a subprocess's imports."""
+    from click.testing import CliRunner
+
+    from alray.cli import main
+
+    out = CliRunner().invoke(main, ["loop", "--pool", pools[0], "--val", pools[1],
+                                    "--run-dir", str(run_dir), "--steps", str(steps),
+                                    *LOOP_ARGS])
+    assert out.exit_code == 0, out.output
+    return results(run_dir)
+
+
 def results(run_dir):
     """The labelled set and the metrics without wall times."""
     labels = pq.read_table(os.path.join(run_dir, "labels.parquet"))
