@@ -24,7 +24,7 @@ from alray.config import ComputeConfig, ScoreConfig
 from alray.scoring.pipeline import score_pool
 from tests.conftest import make_pool_table, write_pool
 from tests.unit.test_loop_resume import (  # noqa: F401 (fixture: pools)
-    LOOP_ARGS, loop_command, pools, results)
+    LOOP_ARGS, pools, results, run_in_process)
 from tests.unit.test_scorer import build_checkpoint
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -37,11 +37,10 @@ CLUSTER_ARGS = [a for a in LOOP_ARGS if a != "--local"] + [
 
 @pytest.fixture(scope="module")
 def reference(pools, tmp_path_factory):
-    """The cluster runs' CLUSTER_STEPS steps, undisturbed and without Ray (--local)."""
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    subprocess.run(loop_command(pools, run_dir, steps=CLUSTER_STEPS), check=True,
-                   capture_output=True)
-    return results(run_dir)
+    """The cluster runs' CLUSTER_STEPS steps, undisturbed and without Ray (--local), in
+    this process."""
+    return run_in_process(pools, tmp_path_factory.mktemp("reference") / "run",
+                          CLUSTER_STEPS)
 
 
 def pool_and_checkpoint(root, shards: int, seed: int) -> tuple[str, str]:
