@@ -97,17 +97,25 @@ def test_smoke_sweep_and_report(config, tmp_path, ray_session):
         assert f"| {strategy}" in summary
 
 
+RESUMED_STRATEGIES = "random,margin"
+
+
 def test_interrupted_sweep_resumes_without_redoing_finished_trials(tmp_path, ray_session):
     out = tmp_path / "sweep"
     config = next(c for c in CONFIGS if Path(c).stem == "uncertainty")
+    # 2 strategies x 2 seeds: 4 trials, 2 at a time, so two are still to start when the
+    # first finishes and the sweep is interrupted
     cmd = [sys.executable, "-c", "from alray.cli import main; main()", "sweep", "--config",
-           config, "--smoke", "--out", str(out), "--set", "train.epochs=30"]
+           config, "--smoke", "--out", str(out), "--strategies", RESUMED_STRATEGIES,
+           "--set", "train.epochs=30"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finished = _wait_for_finished_trials(out, proc, at_least=1, timeout=240)
     proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
     proc.wait(timeout=120)
     sweep = build_sweep(read_experiment(config), {"out": str(out), "smoke": True,
+                                                  "strategies": RESUMED_STRATEGIES,
                                                   "set": ("train.epochs=30",)})
+    assert len(finished) < len(grid_points(sweep)) == 4  # trials left for the resume
     before = {name: (out / "runs" / name / "metrics.parquet").stat().st_mtime_ns
               for name in finished}
     curves = run_sweep(sweep, resume=True, verbose=0)
