@@ -26,27 +26,44 @@ RAY_LINES = re.compile(r"core_worker\.cc|\(raylet\)|\(pid=|Progress bars|INFO wo
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    """A tiny pool and checkpoint, and a function that runs ``alray [ARGS] score``."""
+    """``alray [FLAGS] score`` over a tiny pool and checkpoint, once quiet and once
+    ``--verbose``: both commands run at the same time (each with its own embedded Ray,
+    its own output folder and its own captured stdout and stderr), and each test reads
+    its own ``(completed process, query path)``."""
     root = tmp_path_factory.mktemp("quiet")
     table = make_pool_table(60, seed=3)
     titles = pa.array([f"post {i}" for i in table.column("id").to_pylist()])
     pool = write_pool(root / "pool", [table.append_column("title", titles)])
     checkpoint = build_checkpoint(root / "model")
-
-    def run(out_dir, *flags):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    started = {}
+    for out_dir, flags in (("quiet", []), ("verbose", ["--verbose"])):
         out = root / out_dir / "query.parquet"
         args = [sys.executable, "-m", "alray", *flags, "score", "--pool", pool,
                 "--checkpoint", checkpoint, "--out", str(out), "--strategy", "margin",
                 "--query-size", "5", "--score-batch-size", "32", "--show-columns", "title"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        env.pop("RAY_ADDRESS", None)
-        done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
-        return done, out
-    return run
+        # files, not pipes: neither command waits on a full pipe while the other runs
+        stdout, stderr = (open(root / f"{out_dir}.{name}", "w+") for name in ("out", "err"))
+        started[out_dir] = (subprocess.Popen(args, stdout=stdout, stderr=stderr, text=True,
+                                             env=env), stdout, stderr, out)
+    done = {}
+    for out_dir, (proc, stdout, stderr, out) in started.items():
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        with stdout, stderr:
+            stdout.seek(0)
+            stderr.seek(0)
+            done[out_dir] = (subprocess.CompletedProcess(proc.args, proc.returncode,
+                                                         stdout.read(), stderr.read()), out)
+    return done
 
 
 def test_a_command_on_ray_shows_alray_lines_only(scored):
-    done, out = scored("quiet")
+    done, out = scored["quiet"]
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-3000:]
     assert f"wrote {out}" in done.stdout and "== margin: top 5 of 5" in done.stdout
@@ -59,7 +76,7 @@ def test_a_command_on_ray_shows_alray_lines_only(scored):
 
 
 def test_verbose_lets_ray_through(scored):
-    done, out = scored("verbose", "--verbose")
+    done, out = scored["verbose"]
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-3000:]
     assert f"wrote {out}" in done.stdout
