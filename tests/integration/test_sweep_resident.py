@@ -2,6 +2,8 @@
 the actors read their parts once, answer every trial's steps and are gone after it."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -52,8 +54,7 @@ def test_trials_share_one_resident_pool_and_match_streaming(ray_session, pools, 
     # every step of every trial was scored by both actors
     assert [i["scored"] for i in info] == [len(grid_points(shared)) * STEPS] * 2
     for actor in actors:
-        with pytest.raises(ray_session.exceptions.RayActorError):
-            ray_session.get(actor.info.remote(), timeout=60)
+        assert_dies(ray_session, actor)
     # the actors' CPUs came out of the trials': two trial processes ran side by side
     # (Tune reuses a finished trial's process, so trials run one by one share one pid)
     assert len(trial_pids(tmp_path / "resident")) == 2
@@ -86,6 +87,19 @@ def test_actors_leaving_no_room_for_a_trial_are_refused(ray_session, pools, tmp_
                1.5, 2.0)
 
 
+def assert_dies(ray, actor, within_s: float = 60.0) -> None:
+    """``actor`` stops answering within ``within_s``: ray.kill only asks for the kill, so
+    a call sent just after it can still be served (seen under load in a full run)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.info.remote(), timeout=within_s)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"the resident actor still answered {within_s:g} s after the pool closed")
+
+
 def test_the_shared_pool_is_closed_when_the_sweep_fails(ray_session, pools):
     loop = new_config(pools[0], pools[1], PoolConfig(), dict(SETTINGS))
     with pytest.raises(KeyboardInterrupt):
@@ -94,8 +108,7 @@ def test_the_shared_pool_is_closed_when_the_sweep_fails(ray_session, pools):
             actors = list(handle.actors)
             assert [i["loads"] for i in handle.info()] == [1]
             raise KeyboardInterrupt
-    with pytest.raises(ray_session.exceptions.RayActorError):
-        ray_session.get(actors[0].info.remote(), timeout=60)
+    assert_dies(ray_session, actors[0])
     with shared_pools([loop], ComputeConfig(resident=False), 1.0) as opened:
         assert opened == {}
 
