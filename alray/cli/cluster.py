@@ -6,7 +6,8 @@ import os
 
 import click
 
-from alray.cli.common import Progress, connect_ray, friendly_errors, pool_config, pool_options
+from alray.cli.common import (Progress, connect_unless_local, friendly_errors, pool_config,
+                              pool_options)
 from alray.cli.options import compute_config, options
 from alray.config import ComputeConfig
 
@@ -23,8 +24,7 @@ def projection_options(what: str):
 def connected(p: dict, out: str) -> ComputeConfig:
     """The compute options, with Ray connected unless ``--local``."""
     compute = compute_config(p)
-    if not compute.local:
-        connect_ray(compute.address, os.path.dirname(os.path.abspath(out)))
+    connect_unless_local(compute, os.path.dirname(os.path.abspath(out)))
     return compute
 
 

@@ -31,6 +31,12 @@ def connect_ray(address: str | None, folder) -> None:
         connect(address, log_file=Path(folder) / "logs" / RAY_LOG)
 
 
+def connect_unless_local(compute, folder) -> None:
+    """``connect_ray`` to the compute options' address, unless they say ``--local``."""
+    if not compute.local:
+        connect_ray(compute.address, folder)
+
+
 def _ray_log_line() -> None:
     from alray.runtime import ray_log
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 from click.core import ParameterSource
 
-from alray.cli.common import (Progress, class_names_of, connect_ray, export_options,
+from alray.cli.common import (Progress, class_names_of, connect_unless_local, export_options,
                                friendly_errors, pool_config, pool_options,
                                show_columns_option)
 from alray.cli.options import COMPUTE, SCIENCE, STEPS, compute_config, options, overrides
@@ -87,8 +87,7 @@ def start_or_resume(p: dict, given: set[str]):
     if resumed:
         click.echo(f"resuming {p['run_dir']} at step {run.read_state().step + 1}")
     compute = compute_config(p)
-    if not compute.local:
-        connect_ray(compute.address, run.path)
+    connect_unless_local(compute, run.path)
     steps = p["steps"] if "steps" in given or not resumed else run.budget
     outcome = _run_with_bar(run, compute, steps, run_loop)
     _report(run, outcome)

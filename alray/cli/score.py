@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from alray.cli.common import (Progress, class_names_of, connect_ray, export_options,
+from alray.cli.common import (Progress, class_names_of, connect_unless_local, export_options,
                                friendly_errors, pool_config, pool_options,
                                show_columns_option)
 from alray.cli.options import SCORE_COMPUTE, SCORE_SCIENCE, compute_config, options, overrides
@@ -53,8 +53,7 @@ def run_scoring(pool, checkpoint, cfg, columns, exclude_ids, compute, out, step,
                 show=10, scores_out=None):
     from alray.scoring.pipeline import score_pool, write_query
 
-    if not compute.local:
-        connect_ray(compute.address, Path(out).parent)
+    connect_unless_local(compute, Path(out).parent)
     bar = Progress(total=0, desc="score", unit="row")
     tables = score_pool(pool, checkpoint, cfg, columns, exclude_ids=exclude_ids,
                         compute=compute, step=step, scores_out=scores_out,
